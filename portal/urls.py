@@ -1,0 +1,19 @@
+"""URL routing for the whole portal: the composition root that includes each app's routes."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from portal.admin_site import restrict_admin_to_superusers
+
+restrict_admin_to_superusers(admin.site)
+
+urlpatterns = [
+    path("", include("tenants.urls_account")),
+    path("platform/", include("tenants.urls_platform")),
+    path("t/<slug:tenant_slug>/", include("tenants.urls")),
+    path("api/v1/", include("tenants.api_urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+]

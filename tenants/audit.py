@@ -1,0 +1,116 @@
+"""The one place that writes audit events.
+
+Every service that changes something calls audit_record() inside its transaction; the event is
+pushed to the tenant's live audit stream only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from tenants.models import AuditEvent, Tenant
+from tenants.net import request_client_ip
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, in which role, and from where: attached to every audit event."""
+
+    user: Any = None
+    role: str = ""
+    ip_address: str | None = None
+    user_agent: str = ""
+    label: str = field(default="")
+
+    @property
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        return self.user.get_username() if self.user is not None else "system"
+
+
+SYSTEM = Actor(label="system", role="system")
+
+
+def actor_from_request(request: HttpRequest) -> Actor:
+    membership = getattr(request, "membership", None)
+    if membership is not None:
+        role = membership.role
+    elif getattr(request.user, "is_staff", False):
+        role = "platform_staff"
+    else:
+        role = ""
+    user = request.user if request.user.is_authenticated else None
+    return Actor(
+        user=user,
+        role=role,
+        ip_address=request_client_ip(request.META),
+        user_agent=request.META.get("HTTP_USER_AGENT", "")[:300],
+    )
+
+
+def audit_group_name(tenant_id: int) -> str:
+    return f"tenant.{tenant_id}.audit"
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    tenant: Tenant | None,
+    action: str,
+    target: Any = None,
+    target_type: str = "",
+    target_id: str = "",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Record one audit event, and push it to the tenant's live audit stream after commit."""
+    if target is not None:
+        target_type = target_type or target._meta.model_name
+        target_id = target_id or str(target.pk)
+    event = AuditEvent.objects.create(
+        tenant=tenant,
+        actor=actor.user,
+        actor_label=actor.display,
+        actor_role=actor.role,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        ip_address=actor.ip_address,
+        user_agent=actor.user_agent,
+        before=before,
+        after=after,
+        created_at=timezone.now(),
+    )
+    if tenant is not None:
+        transaction.on_commit(lambda: _push_live(event))
+    return event
+
+
+def audit_event_as_dict(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.pk,
+        "created_at": event.created_at.isoformat(),
+        "actor": event.actor_label,
+        "actor_role": event.actor_role,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "ip_address": event.ip_address,
+    }
+
+
+def _push_live(event: AuditEvent) -> None:
+    layer = get_channel_layer()
+    if layer is None or event.tenant_id is None:
+        return
+    async_to_sync(layer.group_send)(
+        audit_group_name(event.tenant_id), {"type": "audit.event", "event": audit_event_as_dict(event)}
+    )

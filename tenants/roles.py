@@ -1,0 +1,36 @@
+"""Admin roles inside a tenant and what each may do.
+
+A permission that is not listed for a role is denied: new permissions start closed to everyone but
+the roles named here.
+"""
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    TECHNICIAN = "technician", "Technician"
+    AUDITOR = "auditor", "Auditor"
+
+
+EVERY_ROLE = frozenset(Role)
+
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    # Reading the tenant's portal at all.
+    "tenant.view": EVERY_ROLE,
+    "team.view": EVERY_ROLE,
+    "team.manage": frozenset({Role.OWNER}),
+    "settings.view": EVERY_ROLE,
+    "settings.change": frozenset({Role.OWNER, Role.ADMIN}),
+    # Tenant-wide security policy, such as mandatory two-factor authentication.
+    "security.change": frozenset({Role.OWNER}),
+    "audit.view": frozenset({Role.OWNER, Role.ADMIN, Role.AUDITOR}),
+    # Every admin manages their own API keys; a key never carries more than its owner's role.
+    "apikeys.manage_own": EVERY_ROLE,
+}
+
+
+def role_allows(role: str, permission: str) -> bool:
+    """Return whether `role` holds `permission`; unknown permissions are denied."""
+    return role in PERMISSIONS.get(permission, frozenset())

@@ -1,0 +1,129 @@
+"""Reads of tenant data. Every tenant-owned row is reached through a function here that takes the
+tenant, so that a row of another tenant is simply not found (404), never forbidden (403)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
+
+
+@dataclass(frozen=True)
+class TenantAccess:
+    tenant: Tenant
+    membership: Membership
+
+
+def tenant_access_get(*, user, slug: str, api_key: ApiKey | None = None) -> TenantAccess:
+    """Return the user's membership in the tenant `slug`, or raise Http404.
+
+    An API key reaches only the tenant it was made for.
+    """
+    if user is None or not user.is_authenticated:
+        raise Http404
+    try:
+        membership = Membership.objects.select_related("tenant").get(tenant__slug=slug, user=user)
+    except Membership.DoesNotExist:
+        raise Http404 from None
+    if api_key is not None and api_key.tenant_id != membership.tenant_id:
+        raise Http404
+    return TenantAccess(tenant=membership.tenant, membership=membership)
+
+
+def memberships_for_user(*, user) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name")
+
+
+def team_list(*, tenant: Tenant) -> QuerySet[Membership]:
+    return Membership.objects.filter(tenant=tenant).select_related("user").order_by("user__username")
+
+
+def membership_get(*, tenant: Tenant, membership_id: int) -> Membership:
+    try:
+        return Membership.objects.select_related("user").get(tenant=tenant, pk=membership_id)
+    except (Membership.DoesNotExist, ValueError):
+        raise Http404 from None
+
+
+def invitations_pending(*, tenant: Tenant) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(
+        tenant=tenant, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    ).select_related("invited_by")
+
+
+def invitation_get(*, tenant: Tenant, invitation_id: int) -> Invitation:
+    try:
+        return Invitation.objects.get(tenant=tenant, pk=invitation_id)
+    except (Invitation.DoesNotExist, ValueError):
+        raise Http404 from None
+
+
+def invitation_by_token(*, token: str) -> Invitation:
+    """Return the open invitation for a one-time token, or raise Http404."""
+    token_hash = hashlib.sha256(token.encode()).hexdigest()
+    try:
+        invitation = Invitation.objects.select_related("tenant").get(token_hash=token_hash)
+    except Invitation.DoesNotExist:
+        raise Http404 from None
+    if invitation.accepted_at or invitation.revoked_at or invitation.expires_at <= timezone.now():
+        raise Http404
+    return invitation
+
+
+def audit_events(
+    *,
+    tenant: Tenant,
+    action: str = "",
+    actor: str = "",
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.filter(tenant=tenant)
+    if action:
+        events = events.filter(action__startswith=action)
+    if actor:
+        events = events.filter(actor_label__icontains=actor)
+    if since:
+        events = events.filter(created_at__gte=since)
+    if until:
+        events = events.filter(created_at__lt=until)
+    return events.order_by("-created_at", "-id")
+
+
+def api_keys_of(*, tenant: Tenant, user) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(tenant=tenant, user=user)
+
+
+def api_key_get(*, tenant: Tenant, user, key_id: int) -> ApiKey:
+    try:
+        return ApiKey.objects.get(tenant=tenant, user=user, pk=key_id)
+    except (ApiKey.DoesNotExist, ValueError):
+        raise Http404 from None
+
+
+def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
+    """Return the live API key matching a presented bearer key, or None."""
+    key_hash = hashlib.sha256(raw_key.encode()).hexdigest()
+    key = ApiKey.objects.select_related("user", "tenant").filter(key_hash=key_hash).first()
+    if key is None or key.revoked_at is not None or not key.user.is_active:
+        return None
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        return None
+    return key
+
+
+def tenants_for_platform() -> QuerySet[Tenant]:
+    return Tenant.objects.order_by("name")
+
+
+def tenant_get_for_platform(*, tenant_id: int) -> Tenant:
+    try:
+        return Tenant.objects.get(pk=tenant_id)
+    except (Tenant.DoesNotExist, ValueError):
+        raise Http404 from None

@@ -1,0 +1,21 @@
+from django.urls import path
+
+from tenants import views
+
+urlpatterns = [
+    path("", views.dashboard, name="tenant-dashboard"),
+    path("suspended/", views.suspended, name="tenant-suspended"),
+    path("logo/", views.logo, name="tenant-logo"),
+    path("team/", views.team, name="tenant-team"),
+    path("team/invite/", views.team_invite, name="tenant-team-invite"),
+    path("team/<int:membership_id>/role/", views.team_change_role, name="tenant-team-role"),
+    path("team/<int:membership_id>/remove/", views.team_remove, name="tenant-team-remove"),
+    path("team/invitations/<int:invitation_id>/revoke/", views.invitation_revoke, name="tenant-invitation-revoke"),
+    path("settings/", views.settings_page, name="tenant-settings"),
+    path("settings/logo/", views.settings_logo, name="tenant-settings-logo"),
+    path("settings/security/", views.settings_security, name="tenant-settings-security"),
+    path("audit/", views.audit_log, name="tenant-audit"),
+    path("audit/export.csv", views.audit_export, name="tenant-audit-export"),
+    path("api-keys/", views.api_keys, name="tenant-api-keys"),
+    path("api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="tenant-api-key-revoke"),
+]
