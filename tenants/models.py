@@ -121,3 +121,11 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
         raise RuntimeError("Audit events are append-only.")
+
+
+class ServiceHeartbeat(models.Model):
+    """When a background process (Celery worker, beat) last proved it was alive: platform health."""
+
+    service = models.CharField(max_length=32, unique=True)
+    last_seen_at = models.DateTimeField()
+    detail = models.CharField(max_length=200, blank=True)
