@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import QuerySet
 from django.http import Http404
@@ -127,3 +127,16 @@ def tenant_get_for_platform(*, tenant_id: int) -> Tenant:
         return Tenant.objects.get(pk=tenant_id)
     except (Tenant.DoesNotExist, ValueError):
         raise Http404 from None
+
+
+def tenant_summary(*, tenant: Tenant) -> dict[str, int]:
+    """Return the dashboard's counts for a tenant in a fixed number of queries."""
+    since = timezone.now() - timedelta(days=7)
+    return {
+        "members": Membership.objects.filter(tenant=tenant).count(),
+        "pending_invitations": invitations_pending(tenant=tenant).count(),
+        "events_last_week": AuditEvent.objects.filter(tenant=tenant, created_at__gte=since).count(),
+        "members_with_two_factor": Membership.objects.filter(
+            tenant=tenant, user__totpdevice__confirmed=True
+        ).distinct().count(),
+    }

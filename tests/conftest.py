@@ -23,6 +23,11 @@ PASSWORD = "correct-horse-battery-staple"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The cast's passwords are hashed many times per test: a fast hasher keeps the suite quick.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def _missing(marker: str) -> str | None:
     if marker == "postgres" and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         return "needs PostgreSQL: set DATABASE_URL"

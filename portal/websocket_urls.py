@@ -1,0 +1,9 @@
+"""Websocket routes of every app, in one list that the ASGI router and the isolation probe read."""
+
+from django.urls import path
+
+from tenants.consumers import TenantLiveConsumer
+
+websocket_urlpatterns = [
+    path("ws/t/<slug:tenant_slug>/live/", TenantLiveConsumer.as_asgi(), name="ws-tenant-live"),
+]
