@@ -12,5 +12,5 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 if settings.CELERY_BROKER_URL.startswith("filesystem://"):
-    for folder in {"data_folder_in", "data_folder_out", "processed_folder"}:
+    for folder in {"data_folder_in", "data_folder_out", "processed_folder", "control_folder"}:
         os.makedirs(settings.CELERY_BROKER_TRANSPORT_OPTIONS[folder], exist_ok=True)
