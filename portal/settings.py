@@ -130,7 +130,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "portal.sqlite3",
+            "NAME": str(DATA_DIR / "portal.sqlite3"),
             "OPTIONS": {
                 # WAL plus IMMEDIATE transactions: measured to remove "database is locked" errors
                 # between beat, the worker and the web process (WAL alone did not).

@@ -11,9 +11,19 @@ from typing import Any, TypeVar
 
 from django.http import HttpRequest
 
+from tenants.models import ApiKey, Membership, Tenant
+
 View = TypeVar("View", bound=Callable[..., Any])
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class TenantHttpRequest(HttpRequest):
+    """The request a tenant route receives: TenantMiddleware has resolved these attributes."""
+
+    tenant: Tenant
+    membership: Membership
+    api_key: ApiKey | None
 
 
 def tenant_route(*, read: str | None = None, write: str | None = None, **flags: bool) -> Callable[[View], View]:

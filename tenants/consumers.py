@@ -48,7 +48,11 @@ class TenantLiveConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         slug = self.scope["url_route"]["kwargs"]["tenant_slug"]
-        access = await _resolve_access(user, self.scope.get("session"), slug) if user is not None and user.is_authenticated else None
+        access = (
+            await _resolve_access(user, self.scope.get("session"), slug)
+            if user is not None and user.is_authenticated
+            else None
+        )
         if access is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return

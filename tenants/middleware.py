@@ -87,7 +87,7 @@ class TenantMiddleware:
         if (
             access.tenant.require_two_factor
             and getattr(request, "api_key", None) is None
-            and not request.user.is_verified()  # type: ignore[union-attr]
+            and not request.user.is_verified()  # type: ignore[union-attr,attr-defined]
             and not getattr(declaration, "allowed_before_two_factor", False)
         ):
             if api:

@@ -136,7 +136,7 @@ def tenant_summary(*, tenant: Tenant) -> dict[str, int]:
         "members": Membership.objects.filter(tenant=tenant).count(),
         "pending_invitations": invitations_pending(tenant=tenant).count(),
         "events_last_week": AuditEvent.objects.filter(tenant=tenant, created_at__gte=since).count(),
-        "members_with_two_factor": Membership.objects.filter(
-            tenant=tenant, user__totpdevice__confirmed=True
-        ).distinct().count(),
+        "members_with_two_factor": Membership.objects.filter(tenant=tenant, user__totpdevice__confirmed=True)
+        .distinct()
+        .count(),
     }

@@ -88,7 +88,9 @@ def tenant_update_settings(
     tenant.full_clean(exclude=["slug"])
     tenant.save(update_fields=["name", "display_name", "accent_colour"])
     after = {"name": name, "display_name": display_name, "accent_colour": accent_colour}
-    audit_record(actor=actor, tenant=tenant, action="tenant.settings_changed", target=tenant, before=before, after=after)
+    audit_record(
+        actor=actor, tenant=tenant, action="tenant.settings_changed", target=tenant, before=before, after=after
+    )
     return tenant
 
 
@@ -204,7 +206,10 @@ def invitation_revoke(*, actor: Actor, invitation: Invitation) -> None:
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
     audit_record(
-        actor=actor, tenant=invitation.tenant, action="team.invitation_revoked", target=invitation,
+        actor=actor,
+        tenant=invitation.tenant,
+        action="team.invitation_revoked",
+        target=invitation,
         before={"email": invitation.email},
     )
 
@@ -260,7 +265,10 @@ def api_key_create(
         tenant=tenant, user=user, name=name, prefix=raw_key[:12], key_hash=_sha256(raw_key), expires_at=expires_at
     )
     audit_record(
-        actor=actor, tenant=tenant, action="apikey.created", target=api_key,
+        actor=actor,
+        tenant=tenant,
+        action="apikey.created",
+        target=api_key,
         after={"name": name, "prefix": api_key.prefix, "expires_at": expires_at.isoformat() if expires_at else None},
     )
     return IssuedApiKey(api_key=api_key, raw_key=raw_key)
@@ -272,7 +280,10 @@ def api_key_revoke(*, actor: Actor, api_key: ApiKey) -> ApiKey:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
         audit_record(
-            actor=actor, tenant=api_key.tenant, action="apikey.revoked", target=api_key,
+            actor=actor,
+            tenant=api_key.tenant,
+            action="apikey.revoked",
+            target=api_key,
             before={"name": api_key.name, "prefix": api_key.prefix},
         )
     return api_key

@@ -9,17 +9,17 @@ from datetime import datetime, time, timedelta
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from tenants import selectors, services
-from tenants.access import tenant_route
+from tenants.access import TenantHttpRequest, tenant_route
 from tenants.audit import actor_from_request
 from tenants.forms import ApiKeyForm, AuditFilterForm, InviteForm, LogoForm, RoleForm, SecurityForm, TenantSettingsForm
 from tenants.models import AuditEvent
-from tenants.roles import role_allows
+from tenants.roles import Role, role_allows
 
 AUDIT_PAGE_SIZE = 50
 
@@ -30,14 +30,12 @@ def _error_text(error: ValidationError) -> str:
 
 @tenant_route(read="tenant.view")
 @require_http_methods(["GET"])
-def dashboard(request: HttpRequest, tenant_slug: str) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
+def dashboard(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
+    tenant = request.tenant
     context = {
         "summary": selectors.tenant_summary(tenant=tenant),
         "recent_events": (
-            selectors.audit_events(tenant=tenant)[:8]
-            if role_allows(request.membership.role, "audit.view")  # type: ignore[attr-defined]
-            else []
+            selectors.audit_events(tenant=tenant)[:8] if role_allows(request.membership.role, "audit.view") else []
         ),
     }
     return render(request, "tenants/dashboard.html", context)
@@ -45,16 +43,16 @@ def dashboard(request: HttpRequest, tenant_slug: str) -> HttpResponse:
 
 @tenant_route(read="tenant.view", allowed_when_suspended=True)
 @require_http_methods(["GET"])
-def suspended(request: HttpRequest, tenant_slug: str) -> HttpResponse:
-    if not request.tenant.is_suspended:  # type: ignore[attr-defined]
+def suspended(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
+    if not request.tenant.is_suspended:
         return redirect("tenant-dashboard", tenant_slug=tenant_slug)
     return render(request, "tenants/suspended.html")
 
 
 @tenant_route(read="tenant.view", allowed_when_suspended=True, allowed_before_two_factor=True)
 @require_http_methods(["GET"])
-def logo(request: HttpRequest, tenant_slug: str) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
+def logo(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
+    tenant = request.tenant
     if not tenant.logo_content_type:
         return HttpResponse(status=404)
     response = HttpResponse(bytes(tenant.logo), content_type=tenant.logo_content_type)
@@ -69,8 +67,8 @@ def logo(request: HttpRequest, tenant_slug: str) -> HttpResponse:
 
 @tenant_route(read="team.view")
 @require_http_methods(["GET"])
-def team(request: HttpRequest, tenant_slug: str) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
+def team(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
+    tenant = request.tenant
     return render(
         request,
         "tenants/team.html",
@@ -78,19 +76,19 @@ def team(request: HttpRequest, tenant_slug: str) -> HttpResponse:
             "members": selectors.team_list(tenant=tenant),
             "invitations": selectors.invitations_pending(tenant=tenant),
             "invite_form": InviteForm(),
-            "role_choices": RoleForm.base_fields["role"].choices,  # type: ignore[attr-defined]
+            "role_choices": Role.choices,
         },
     )
 
 
 @tenant_route(write="team.manage")
 @require_POST
-def team_invite(request: HttpRequest, tenant_slug: str) -> HttpResponse:
+def team_invite(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
     form = InviteForm(request.POST)
     if form.is_valid():
         issued = services.invitation_create(
             actor=actor_from_request(request),
-            tenant=request.tenant,  # type: ignore[attr-defined]
+            tenant=request.tenant,
             email=form.cleaned_data["email"],
             role=form.cleaned_data["role"],
         )
@@ -102,8 +100,8 @@ def team_invite(request: HttpRequest, tenant_slug: str) -> HttpResponse:
 
 @tenant_route(write="team.manage")
 @require_POST
-def team_change_role(request: HttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
-    membership = selectors.membership_get(tenant=request.tenant, membership_id=membership_id)  # type: ignore[attr-defined]
+def team_change_role(request: TenantHttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
+    membership = selectors.membership_get(tenant=request.tenant, membership_id=membership_id)
     form = RoleForm(request.POST)
     if form.is_valid():
         try:
@@ -118,8 +116,8 @@ def team_change_role(request: HttpRequest, tenant_slug: str, membership_id: int)
 
 @tenant_route(write="team.manage")
 @require_POST
-def team_remove(request: HttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
-    membership = selectors.membership_get(tenant=request.tenant, membership_id=membership_id)  # type: ignore[attr-defined]
+def team_remove(request: TenantHttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
+    membership = selectors.membership_get(tenant=request.tenant, membership_id=membership_id)
     try:
         services.membership_remove(actor=actor_from_request(request), membership=membership)
         messages.success(request, f"{membership.user.get_username()} was removed from the team.")
@@ -130,8 +128,8 @@ def team_remove(request: HttpRequest, tenant_slug: str, membership_id: int) -> H
 
 @tenant_route(write="team.manage")
 @require_POST
-def invitation_revoke(request: HttpRequest, tenant_slug: str, invitation_id: int) -> HttpResponse:
-    invitation = selectors.invitation_get(tenant=request.tenant, invitation_id=invitation_id)  # type: ignore[attr-defined]
+def invitation_revoke(request: TenantHttpRequest, tenant_slug: str, invitation_id: int) -> HttpResponse:
+    invitation = selectors.invitation_get(tenant=request.tenant, invitation_id=invitation_id)
     services.invitation_revoke(actor=actor_from_request(request), invitation=invitation)
     messages.success(request, f"The invitation to {invitation.email} was revoked.")
     return redirect("tenant-team", tenant_slug=tenant_slug)
@@ -142,8 +140,8 @@ def invitation_revoke(request: HttpRequest, tenant_slug: str, invitation_id: int
 
 @tenant_route(read="settings.view", write="settings.change")
 @require_http_methods(["GET", "POST"])
-def settings_page(request: HttpRequest, tenant_slug: str) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
+def settings_page(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
+    tenant = request.tenant
     initial = {"name": tenant.name, "display_name": tenant.display_name, "accent_colour": tenant.accent_colour}
     form = TenantSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -166,14 +164,14 @@ def settings_page(request: HttpRequest, tenant_slug: str) -> HttpResponse:
 
 @tenant_route(write="settings.change")
 @require_POST
-def settings_logo(request: HttpRequest, tenant_slug: str) -> HttpResponse:
+def settings_logo(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
     form = LogoForm(request.POST, request.FILES)
     if form.is_valid():
         upload = form.cleaned_data["logo"]
         try:
             services.tenant_set_logo(
                 actor=actor_from_request(request),
-                tenant=request.tenant,  # type: ignore[attr-defined]
+                tenant=request.tenant,
                 content=upload.read(services.LOGO_MAX_BYTES + 1),
                 content_type=upload.content_type or "",
             )
@@ -187,11 +185,11 @@ def settings_logo(request: HttpRequest, tenant_slug: str) -> HttpResponse:
 
 @tenant_route(write="security.change")
 @require_POST
-def settings_security(request: HttpRequest, tenant_slug: str) -> HttpResponse:
+def settings_security(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
     form = SecurityForm(request.POST)
     form.is_valid()
     required = bool(form.cleaned_data.get("require_two_factor"))
-    services.tenant_set_two_factor_policy(actor=actor_from_request(request), tenant=request.tenant, required=required)  # type: ignore[attr-defined]
+    services.tenant_set_two_factor_policy(actor=actor_from_request(request), tenant=request.tenant, required=required)
     messages.success(request, "Two-factor authentication is now " + ("required." if required else "optional."))
     return redirect("tenant-settings", tenant_slug=tenant_slug)
 
@@ -199,11 +197,11 @@ def settings_security(request: HttpRequest, tenant_slug: str) -> HttpResponse:
 # --- Audit log ------------------------------------------------------------------------------
 
 
-def _filtered_audit_events(request: HttpRequest, form: AuditFilterForm):
+def _filtered_audit_events(request: TenantHttpRequest, form: AuditFilterForm):
     filters = form.cleaned_data if form.is_valid() else {}
     since, until = filters.get("since"), filters.get("until")
     return selectors.audit_events(
-        tenant=request.tenant,  # type: ignore[attr-defined]
+        tenant=request.tenant,
         action=filters.get("action", ""),
         actor=filters.get("actor", ""),
         since=timezone.make_aware(datetime.combine(since, time.min)) if since else None,
@@ -213,7 +211,7 @@ def _filtered_audit_events(request: HttpRequest, form: AuditFilterForm):
 
 @tenant_route(read="audit.view")
 @require_http_methods(["GET"])
-def audit_log(request: HttpRequest, tenant_slug: str) -> HttpResponse:
+def audit_log(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     try:
         page = max(1, int(request.GET.get("page", "1")))
@@ -250,7 +248,19 @@ class _Echo:
 def _audit_csv_rows(events) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(
-        ["id", "time", "actor", "role", "action", "target_type", "target_id", "ip_address", "user_agent", "before", "after"]
+        [
+            "id",
+            "time",
+            "actor",
+            "role",
+            "action",
+            "target_type",
+            "target_id",
+            "ip_address",
+            "user_agent",
+            "before",
+            "after",
+        ]
     )
     event: AuditEvent
     for event in events.iterator(chunk_size=2000):
@@ -274,7 +284,7 @@ def _audit_csv_rows(events) -> Iterator[str]:
 
 @tenant_route(read="audit.view")
 @require_http_methods(["GET"])
-def audit_export(request: HttpRequest, tenant_slug: str) -> StreamingHttpResponse:
+def audit_export(request: TenantHttpRequest, tenant_slug: str) -> StreamingHttpResponse:
     events = _filtered_audit_events(request, AuditFilterForm(request.GET or None))
     response = StreamingHttpResponse(_audit_csv_rows(events), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{tenant_slug}-audit.csv"'
@@ -286,8 +296,8 @@ def audit_export(request: HttpRequest, tenant_slug: str) -> StreamingHttpRespons
 
 @tenant_route(read="apikeys.manage_own", write="apikeys.manage_own")
 @require_http_methods(["GET", "POST"])
-def api_keys(request: HttpRequest, tenant_slug: str) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
+def api_keys(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
+    tenant = request.tenant
     form = ApiKeyForm(request.POST or None)
     issued = None
     if request.method == "POST" and form.is_valid():
@@ -312,8 +322,8 @@ def api_keys(request: HttpRequest, tenant_slug: str) -> HttpResponse:
 
 @tenant_route(write="apikeys.manage_own")
 @require_POST
-def api_key_revoke(request: HttpRequest, tenant_slug: str, key_id: int) -> HttpResponse:
-    api_key = selectors.api_key_get(tenant=request.tenant, user=request.user, key_id=key_id)  # type: ignore[attr-defined]
+def api_key_revoke(request: TenantHttpRequest, tenant_slug: str, key_id: int) -> HttpResponse:
+    api_key = selectors.api_key_get(tenant=request.tenant, user=request.user, key_id=key_id)
     services.api_key_revoke(actor=actor_from_request(request), api_key=api_key)
     messages.success(request, f"The key “{api_key.name}” was revoked.")
     return redirect("tenant-api-keys", tenant_slug=tenant_slug)

@@ -275,7 +275,10 @@ def test_it_keeps_the_django_admin_for_superusers(staff, acme, superuser):
 
 
 def websocket_routes() -> list[Route]:
-    return [Route(name=pattern.name or str(pattern.pattern), template=str(pattern.pattern)) for pattern in websocket_urlpatterns]
+    return [
+        Route(name=pattern.name or str(pattern.pattern), template=str(pattern.pattern))
+        for pattern in websocket_urlpatterns
+    ]
 
 
 def _session_cookie(user) -> list[tuple[bytes, bytes]]:

@@ -75,14 +75,34 @@ def live_portal(tmp_path: Path) -> Iterator[LivePortal]:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
         seeded = subprocess.run(
             [sys.executable, "tests/browser/seed_world.py", password],
-            cwd=REPO, env=env, check=True, capture_output=True, text=True,
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         port = _free_port()
         log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
         server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-             "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--no-access-log"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "portal.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ws",
+                "websockets-sansio",
+                "--ws-per-message-deflate",
+                "false",
+                "--no-access-log",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

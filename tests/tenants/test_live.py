@@ -25,7 +25,9 @@ def _headers(user):
 
 
 async def _connect(slug, user):
-    communicator = WebsocketCommunicator(application, f"/ws/t/{slug}/live/", headers=await sync_to_async(_headers)(user))
+    communicator = WebsocketCommunicator(
+        application, f"/ws/t/{slug}/live/", headers=await sync_to_async(_headers)(user)
+    )
     connected, code = await communicator.connect()
     return communicator, connected, code
 
