@@ -13,4 +13,4 @@ app.autodiscover_tasks()
 
 if settings.CELERY_BROKER_URL.startswith("filesystem://"):
     for folder in {"data_folder_in", "data_folder_out", "processed_folder", "control_folder"}:
-        os.makedirs(settings.CELERY_BROKER_TRANSPORT_OPTIONS[folder], exist_ok=True)
+        os.makedirs(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS[folder]), exist_ok=True)

@@ -53,7 +53,7 @@ def tenant_new(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"Tenant {tenant.slug} created.")
     else:
         for errors in form.errors.values():
-            messages.error(request, " ".join(errors))
+            messages.error(request, " ".join(str(error) for error in errors))
     return redirect("platform-dashboard")
 
 
