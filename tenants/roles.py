@@ -28,6 +28,12 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "audit.view": frozenset({Role.OWNER, Role.ADMIN, Role.AUDITOR}),
     # Every admin manages their own API keys; a key never carries more than its owner's role.
     "apikeys.manage_own": EVERY_ROLE,
+    # Backup accounts and their devices.
+    "accounts.view": EVERY_ROLE,
+    "accounts.manage": frozenset({Role.OWNER, Role.ADMIN}),
+    "devices.view": EVERY_ROLE,
+    "devices.command": frozenset({Role.OWNER, Role.ADMIN, Role.TECHNICIAN}),
+    "devices.manage": frozenset({Role.OWNER, Role.ADMIN}),
 }
 
 

@@ -39,7 +39,10 @@ EXEMPT_PUBLIC = {
     "invitation-accept": "Reached with a one-time token; an unknown, used or expired token is a 404.",
     "api-schema": "The OpenAPI schema describes routes, not tenant data.",
     "api-docs": "The API docs page shows the schema only.",
+    "device-register": "Devices register with the account's L key in the body; a wrong key is a 401.",
 }
+# Websocket routes outside a tenant, authenticated by a device token instead of a session.
+DEVICE_TOKEN_WEBSOCKETS = {"ws-device": "Devices authenticate with their token; a session opens nothing."}
 # Routes where an auditor may write, and why.
 EXEMPT_AUDITOR_WRITE = {
     "tenant-api-keys": "Every admin, auditors too, creates their own keys; a key carries its owner's role.",
@@ -297,10 +300,32 @@ async def _connects(url: str, user) -> bool:
     return connected
 
 
+async def _closes_at_once_with(url: str, user) -> int | None:
+    headers = await sync_to_async(_session_cookie)(user)
+    communicator = WebsocketCommunicator(application, url, headers=headers)
+    connected, code = await communicator.connect()
+    if not connected:
+        return code
+    output = await communicator.receive_output(timeout=2)
+    await communicator.disconnect()
+    return output.get("code") if output["type"] == "websocket.close" else None
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_refuses_device_websockets_to_people(world):
+    for route in websocket_routes():
+        if route.is_tenant_route:
+            continue
+        assert route.name in DEVICE_TOKEN_WEBSOCKETS, f"websocket {route.template}: probe it or list it with a reason"
+        for who in (None, world["acme"].owner, world["staff"]):
+            assert await _closes_at_once_with(route.url({}), who) == 4001, f"{who} kept {route.template} open"
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_it_refuses_websockets_to_people_outside_the_tenant(world):
     for route in websocket_routes():
-        assert route.is_tenant_route, f"websocket {route.template} is not under a tenant: probe it here"
+        if not route.is_tenant_route:
+            continue
         url = route.url(world["acme_values"])
         for who in (None, world["globex"].owner, world["staff"], world["outsider"]):
             assert not await _connects(url, who), f"{who} connected to {url}"

@@ -1,0 +1,209 @@
+"""The device websocket (docs/protocol.md). Thin: authenticate, validate each frame against a small
+schema, call one service (off the event loop), reply. Heartbeats and status reports are coalesced
+in devices.ingest instead of written one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from devices import protocol, services
+from devices.ingest import buffer
+from tenants.net import client_ip
+
+# Live consumers of this process, for the heartbeat watchdog (one task per process, not per device).
+_LIVE: dict[str, DeviceConsumer] = {}
+_watchdog: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+
+def _heartbeat_interval() -> float:
+    return float(getattr(settings, "DEVICE_HEARTBEAT_INTERVAL", 30))
+
+
+async def _watch_heartbeats() -> None:
+    while True:
+        interval = _heartbeat_interval()
+        await asyncio.sleep(interval / 2)
+        deadline = time.monotonic() - protocol.MISSED_HEARTBEATS * interval
+        for consumer in [consumer for consumer in _LIVE.values() if consumer.last_message_at < deadline]:
+            await consumer.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _token_from(scope: dict[str, Any]) -> str:
+    authorization = _header(scope, b"authorization")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() in ("device", "bearer") and token.strip():
+        return token.strip()
+    for subprotocol in scope.get("subprotocols", []):
+        if subprotocol.startswith(protocol.TOKEN_SUBPROTOCOL_PREFIX):
+            return subprotocol[len(protocol.TOKEN_SUBPROTOCOL_PREFIX) :]
+    return ""
+
+
+class DeviceConsumer(AsyncWebsocketConsumer):
+    device_pk: int | None = None
+    tenant_id: int | None = None
+
+    async def connect(self) -> None:
+        subprotocol = protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in self.scope.get("subprotocols", []) else None
+        device = await database_sync_to_async(services.device_authenticate)(token=_token_from(self.scope))
+        if device is None:
+            # Accept first: a close code can only be sent on an open websocket.
+            await self.accept(subprotocol)
+            await self.close(code=protocol.CLOSE_UNAUTHENTICATED)
+            return
+        client = self.scope.get("client") or (None, None)
+        ip_address = client_ip(client[0], _header(self.scope, b"x-forwarded-for") or None)
+        connected = await database_sync_to_async(services.device_connected)(
+            device=device, channel_name=self.channel_name, ip_address=ip_address
+        )
+        self.device_pk, self.tenant_id = connected.device_pk, connected.tenant_id
+        if connected.replaced_channel:
+            await self.channel_layer.send(connected.replaced_channel, {"type": "device.replaced"})
+        self.limiter = protocol.RateLimiter()
+        self.bad_messages = 0
+        self.last_message_at = time.monotonic()
+        await self.accept(subprotocol)
+        _LIVE[self.channel_name] = self
+        loop = asyncio.get_running_loop()
+        if loop not in _watchdog or _watchdog[loop].done():
+            _watchdog[loop] = loop.create_task(_watch_heartbeats())
+
+    async def disconnect(self, code: int) -> None:
+        _LIVE.pop(self.channel_name, None)
+        if self.device_pk is not None:
+            await database_sync_to_async(services.device_disconnected)(
+                device_pk=self.device_pk, tenant_id=self.tenant_id, channel_name=self.channel_name
+            )
+
+    # --- Frames from the device -------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.device_pk is None:
+            return
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > protocol.MAX_FRAME_BYTES:
+            await self.close(code=protocol.CLOSE_FRAME_TOO_LARGE)
+            return
+        self.last_message_at = time.monotonic()
+        if not self.limiter.allow():
+            if self.limiter.exhausted:
+                await self.close(code=protocol.CLOSE_RATE_LIMITED)
+            else:
+                await self._error("rate_limited", "Too many messages; this one was dropped.")
+            return
+        try:
+            message = protocol.parse(text_data)
+            handler = self._handlers[message["type"]]
+            await handler(self, message)
+        except protocol.ProtocolError as error:
+            self.bad_messages += 1
+            if self.bad_messages > protocol.MAX_BAD_MESSAGES:
+                await self.close(code=protocol.CLOSE_PROTOCOL_ERROR)
+                return
+            await self._error(error.code, error.message, error.in_reply_to)
+        buffer.mark_seen(self.device_pk, timezone.now())
+
+    async def _on_hello(self, message: dict[str, Any]) -> None:
+        await database_sync_to_async(services.device_hello)(device_pk=self.device_pk, hello=message)
+        await self._send(
+            {
+                "type": "welcome",
+                "device_id": message.get("device_id", ""),
+                "heartbeat_interval": _heartbeat_interval(),
+                "server_time": timezone.now().isoformat(),
+            }
+        )
+        await self._deliver_commands()
+
+    async def _on_status(self, message: dict[str, Any]) -> None:
+        buffer.set_status(self.device_pk, self.tenant_id, message)
+
+    async def _on_heartbeat(self, message: dict[str, Any]) -> None:
+        return
+
+    async def _on_command_ack(self, message: dict[str, Any]) -> None:
+        await self._advance(message, "acknowledged")
+
+    async def _on_command_result(self, message: dict[str, Any]) -> None:
+        await self._advance(message, message["status"], result=message.get("result"), error=message.get("error", ""))
+
+    async def _advance(self, message: dict[str, Any], status: str, **extra: Any) -> None:
+        command = await database_sync_to_async(services.command_advance)(
+            device_pk=self.device_pk, command_id=message["command_id"], status=status, **extra
+        )
+        if command is None:
+            raise protocol.ProtocolError("unknown_command", "No such command for this device.", message["type"])
+
+    async def _on_job_started(self, message: dict[str, Any]) -> None:
+        await database_sync_to_async(services.job_started)(
+            device_pk=self.device_pk, tenant_id=self.tenant_id, message=message
+        )
+
+    async def _on_job_progress(self, message: dict[str, Any]) -> None:
+        job = await database_sync_to_async(services.job_progress)(
+            device_pk=self.device_pk, tenant_id=self.tenant_id, message=message
+        )
+        if job is None:
+            raise protocol.ProtocolError("unknown_job", "No running job with this id.", message["type"])
+
+    async def _on_job_finished(self, message: dict[str, Any]) -> None:
+        job = await database_sync_to_async(services.job_finished)(
+            device_pk=self.device_pk, tenant_id=self.tenant_id, message=message
+        )
+        if job is None:
+            raise protocol.ProtocolError("unknown_job", "No job with this id.", message["type"])
+
+    _handlers: dict[str, Callable[[DeviceConsumer, dict[str, Any]], Awaitable[None]]] = {
+        "hello": _on_hello,
+        "status": _on_status,
+        "heartbeat": _on_heartbeat,
+        "command_ack": _on_command_ack,
+        "command_result": _on_command_result,
+        "job_started": _on_job_started,
+        "job_progress": _on_job_progress,
+        "job_finished": _on_job_finished,
+    }
+
+    # --- Messages from the channel layer ----------------------------------------------------
+
+    async def device_commands(self, event: dict[str, Any]) -> None:
+        await self._deliver_commands()
+
+    async def device_replaced(self, event: dict[str, Any]) -> None:
+        self.device_pk = None  # the newer connection owns the device's state now
+        await self.close(code=protocol.CLOSE_REPLACED)
+
+    async def device_revoked(self, event: dict[str, Any]) -> None:
+        await self.close(code=protocol.CLOSE_REVOKED)
+
+    # --- Helpers ----------------------------------------------------------------------------
+
+    async def _deliver_commands(self) -> None:
+        frames = await database_sync_to_async(services.commands_take_for_delivery)(device_pk=self.device_pk)
+        for frame in frames:
+            await self.send(text_data=json.dumps(frame))
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps({"v": protocol.VERSION, **frame}))
+
+    async def _error(self, code: str, message: str, in_reply_to: str | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if in_reply_to:
+            frame["in_reply_to"] = in_reply_to
+        await self._send(frame)

@@ -1,0 +1,71 @@
+"""Coalesced writes for the device hot path, one buffer per server process.
+
+Heartbeats only move a device's last-seen time, and status reports replace its inventory; writing
+each as it arrives would cost a database round trip per message. Instead the latest value per
+device is kept here and written every FLUSH_INTERVAL seconds in a few statements, so the database
+load grows with the number of devices that changed, not with the message rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from devices import services
+
+FLUSH_INTERVAL = 2.0
+logger = logging.getLogger(__name__)
+
+
+class IngestBuffer:
+    def __init__(self) -> None:
+        self.seen: dict[int, datetime] = {}
+        self.statuses: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = asyncio.Lock()
+
+    def mark_seen(self, device_pk: int, at: datetime) -> None:
+        self.seen[device_pk] = at
+        self._ensure_flusher()
+
+    def set_status(self, device_pk: int, tenant_id: int, status: dict[str, Any]) -> None:
+        self.statuses[device_pk] = (tenant_id, status)
+        self._ensure_flusher()
+
+    def _ensure_flusher(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A new event loop (a restarted server, or the next test): the old task died with its loop.
+            self._loop, self._task, self._lock = loop, None, asyncio.Lock()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.flush()
+            except Exception:  # a failed flush keeps nothing back from the next one
+                logger.exception("Flushing device heartbeats and status failed")
+
+    async def flush(self) -> None:
+        """Write what has been buffered; safe to call at any time (tests and shutdown do)."""
+        async with self._lock:
+            seen, self.seen = self.seen, {}
+            statuses, self.statuses = self.statuses, {}
+            if seen or statuses:
+                await database_sync_to_async(_write)(seen, statuses)
+
+
+def _write(seen: dict[int, datetime], statuses: dict[int, tuple[int, dict[str, Any]]]) -> None:
+    services.devices_touch(seen=seen)
+    for device_pk, (tenant_id, status) in statuses.items():
+        services.inventory_apply(device_pk=device_pk, tenant_id=tenant_id, status=status)
+
+
+buffer = IngestBuffer()

@@ -1,0 +1,79 @@
+"""Pushes through the channel layer: to a device's live connection, and to admins' browsers.
+
+A push only tells its receiver to look at the database or shows a change already stored, so a push
+the layer drops costs a delay, never data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+
+def devices_group_name(tenant_id: int) -> str:
+    """The group of a tenant's browsers that watch devices (one group per tenant, not per device)."""
+    return f"tenant.{tenant_id}.devices"
+
+
+def send_to_device_channel(channel: str, message: dict[str, Any]) -> None:
+    send_to_device_channels([channel], message)
+
+
+def send_to_device_channels(channels: list[str], message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None or not channels:
+        return
+
+    async def send_all() -> None:
+        await asyncio.gather(*(layer.send(channel, message) for channel in channels), return_exceptions=True)
+
+    async_to_sync(send_all)()
+
+
+def _to_browsers(tenant_id: int, event: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(devices_group_name(tenant_id), {"type": "live.update", "event": event})
+
+
+def device_presence(tenant_id: int, device_pk: int, *, is_live: bool) -> None:
+    _to_browsers(tenant_id, {"kind": "device_presence", "device": device_pk, "live": is_live})
+
+
+def command_status(command: Any) -> None:
+    _to_browsers(
+        command.tenant_id,
+        {
+            "kind": "command_status",
+            "device": command.device_id,
+            "command": command.pk,
+            "command_kind": command.kind,
+            "status": command.status,
+            "error": command.error,
+        },
+    )
+
+
+def command_status_after_commit(command: Any) -> None:
+    transaction.on_commit(lambda: command_status(command))
+
+
+def job_update(tenant_id: int, job: Any) -> None:
+    _to_browsers(
+        tenant_id,
+        {
+            "kind": "job",
+            "device": job.device_id,
+            "job": str(job.job_id),
+            "status": job.status,
+            "percent": round(job.progress_percent, 1),
+            "files_done": job.files_done,
+            "files_total": job.files_total,
+            "bytes_read": job.bytes_read,
+            "bytes_uploaded": job.bytes_uploaded,
+        },
+    )

@@ -1,0 +1,645 @@
+"""Writes for backup accounts, devices, commands and jobs.
+
+Admin actions record an audit event per device. Pushes to devices and browsers go through the
+channel layer after commit, and only ever say "look at the database": a dropped push delays work,
+it never loses it (a device collects queued commands when it connects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from devices import keys, live
+from devices.models import BackupAccount, Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
+from tenants.audit import Actor, audit_record
+from tenants.models import Tenant
+
+DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+COMMAND_TTL = timedelta(hours=24)
+PROFILE_SECRETS_MAX_BYTES = 1024 * 1024
+LOG_LINES_PER_JOB = 500
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+# --- Backup accounts ------------------------------------------------------------------------
+
+
+def _l_key_from(*, tenant: Tenant, username: str, password: str | None, l_key_hex: str | None) -> bytes:
+    if l_key_hex:
+        try:
+            l_key = bytes.fromhex(l_key_hex)
+        except ValueError:
+            l_key = b""
+        if len(l_key) != keys.KEY_BYTES:
+            raise ValidationError({"l_key": f"Send L as {2 * keys.KEY_BYTES} hexadecimal characters."})
+        return l_key
+    if not password:
+        raise ValidationError({"password": "Set a password (or send the L key)."})
+    # The password lives only in this frame: L is derived from it and R is thrown away unused.
+    l_key, _ = keys.derive_keys(tenant.slug, username, password)
+    return l_key
+
+
+@transaction.atomic
+def account_create(
+    *,
+    actor: Actor,
+    tenant: Tenant,
+    username: str,
+    password: str | None = None,
+    l_key_hex: str | None = None,
+    display_name: str = "",
+    email: str = "",
+    max_devices: int = 10,
+    max_protected_bytes: int = 0,
+    allow_admin_password_reset: bool = False,
+) -> BackupAccount:
+    username = keys.normalise_username(username)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._@+-]{0,149}", username):
+        raise ValidationError({"username": "Use letters, digits and . _ @ + - only."})
+    if BackupAccount.objects.filter(tenant=tenant, username=username).exists():
+        raise ValidationError({"username": "This tenant has an account with this username."})
+    l_key = _l_key_from(tenant=tenant, username=username, password=password, l_key_hex=l_key_hex)
+    account = BackupAccount.objects.create(
+        tenant=tenant,
+        username=username,
+        display_name=display_name,
+        email=email,
+        max_devices=max_devices,
+        max_protected_bytes=max_protected_bytes,
+        allow_admin_password_reset=allow_admin_password_reset,
+        login_verifier=keys.login_verifier(l_key),
+    )
+    audit_record(
+        actor=actor,
+        tenant=tenant,
+        action="account.created",
+        target=account,
+        after={"username": username, "max_devices": max_devices, "max_protected_bytes": max_protected_bytes},
+    )
+    return account
+
+
+@transaction.atomic
+def account_update(
+    *,
+    actor: Actor,
+    account: BackupAccount,
+    display_name: str,
+    email: str,
+    max_devices: int,
+    max_protected_bytes: int,
+) -> BackupAccount:
+    fields = ["display_name", "email", "max_devices", "max_protected_bytes"]
+    before = {field: getattr(account, field) for field in fields}
+    account.display_name, account.email = display_name, email
+    account.max_devices, account.max_protected_bytes = max_devices, max_protected_bytes
+    account.save(update_fields=fields)
+    after = {field: getattr(account, field) for field in fields}
+    audit_record(
+        actor=actor, tenant=account.tenant, action="account.updated", target=account, before=before, after=after
+    )
+    return account
+
+
+@transaction.atomic
+def account_set_suspended(*, actor: Actor, account: BackupAccount, suspended: bool) -> BackupAccount:
+    if account.is_suspended != suspended:
+        account.is_suspended = suspended
+        account.save(update_fields=["is_suspended"])
+        audit_record(
+            actor=actor,
+            tenant=account.tenant,
+            action="account.suspended" if suspended else "account.reactivated",
+            target=account,
+            after={"username": account.username},
+        )
+        if suspended:
+            for device in account.devices.filter(is_live=True):
+                _close_connection_after_commit(device, reason="revoked")
+    return account
+
+
+@transaction.atomic
+def account_reset_password(*, actor: Actor, account: BackupAccount, password: str) -> BackupAccount:
+    """Set a new password chosen by an admin. Secrets wrapped by the old R become unreadable."""
+    if not account.allow_admin_password_reset:
+        raise ValidationError("This account does not allow administrators to reset its password.")
+    l_key = _l_key_from(tenant=account.tenant, username=account.username, password=password, l_key_hex=None)
+    account.login_verifier = keys.login_verifier(l_key)
+    # The profile secrets were wrapped by the old R, which nobody can derive any more.
+    account.profile_secrets, account.profile_secrets_version = b"", account.profile_secrets_version + 1
+    account.save(update_fields=["login_verifier", "profile_secrets", "profile_secrets_version"])
+    audit_record(
+        actor=actor,
+        tenant=account.tenant,
+        action="account.password_reset",
+        target=account,
+        after={"username": account.username, "profile_secrets_cleared": True},
+    )
+    return account
+
+
+def account_set_allow_password_reset(*, account: BackupAccount, allowed: bool) -> BackupAccount:
+    """Record the account's own consent (sent by its device) to admin password resets."""
+    account.allow_admin_password_reset = allowed
+    account.save(update_fields=["allow_admin_password_reset"])
+    return account
+
+
+# --- Registration and device tokens ---------------------------------------------------------
+
+
+class RegistrationError(Exception):
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+@dataclass(frozen=True)
+class Registration:
+    device: Device
+    token: str
+
+
+# A verifier that matches nothing, checked when the account is unknown so that a missing account
+# takes as long to refuse as a wrong key.
+_DUMMY_VERIFIER = keys.login_verifier(b"\x00" * keys.KEY_BYTES)
+
+
+def device_register(
+    *,
+    tenant_slug: str,
+    username: str,
+    l_key_hex: str,
+    device_id: str,
+    inventory: dict[str, str],
+    ip_address: str | None,
+) -> Registration:
+    """Register a device for an account that proved it knows L; re-registering rotates the token."""
+    if not DEVICE_ID_PATTERN.match(device_id):
+        raise ValidationError({"device_id": "Use 8 to 64 characters of letters, digits, '.', '_' or '-'."})
+    try:
+        l_key = bytes.fromhex(l_key_hex)
+    except ValueError:
+        l_key = b""
+    account = (
+        BackupAccount.objects.select_related("tenant")
+        .filter(tenant__slug=tenant_slug, username=keys.normalise_username(username))
+        .first()
+    )
+    verifier = account.login_verifier if account is not None else _DUMMY_VERIFIER
+    if not keys.login_verifier_matches(l_key, verifier) or account is None:
+        raise RegistrationError("bad_credentials", "Unknown account or wrong key.", 401)
+    if account.is_suspended or account.tenant.is_suspended:
+        raise RegistrationError("account_suspended", "This account is suspended.", 403)
+    token = _new_token()
+    with transaction.atomic():
+        BackupAccount.objects.select_for_update().get(pk=account.pk)
+        existing = Device.objects.filter(tenant=account.tenant, device_id=device_id).first()
+        if existing is not None and existing.account_id != account.pk:
+            raise RegistrationError("device_id_taken", "Another account registered this device id.", 409)
+        if existing is None and account.devices.filter(revoked_at__isnull=True).count() >= account.max_devices:
+            raise RegistrationError("device_limit", "This account has reached its device limit.", 403)
+        fields = {
+            key: str(inventory.get(key, ""))[:200] for key in ("name", "os", "arch", "client_version", "timezone")
+        }
+        fields["name"] = fields["name"] or device_id
+        if existing is None:
+            try:
+                device = Device.objects.create(
+                    tenant=account.tenant,
+                    account=account,
+                    device_id=device_id,
+                    token_hash=token_hash(token),
+                    public_ip=ip_address,
+                    **fields,
+                )
+            except IntegrityError:
+                raise RegistrationError("device_id_taken", "This device id is already registered.", 409) from None
+            action = "device.registered"
+        else:
+            device = existing
+            _close_connection_after_commit(device, reason="revoked")
+            for key, value in fields.items():
+                setattr(device, key, value)
+            device.token_hash, device.token_rotated_at, device.revoked_at = token_hash(token), timezone.now(), None
+            device.public_ip = ip_address
+            device.save()
+            action = "device.reregistered"
+        audit_record(
+            actor=Actor(label=f"device:{device_id}", role="device", ip_address=ip_address),
+            tenant=account.tenant,
+            action=action,
+            target=device,
+            after={"account": account.username, "name": device.name},
+        )
+    return Registration(device=device, token=token)
+
+
+def device_authenticate(*, token: str) -> Device | None:
+    """Return the live (not revoked) device holding this token, or None."""
+    if not token:
+        return None
+    device = (
+        Device.objects.select_related("tenant", "account")
+        .filter(token_hash=token_hash(token), revoked_at__isnull=True)
+        .first()
+    )
+    if device is None or device.account.is_suspended or device.tenant.is_suspended:
+        return None
+    return device
+
+
+@transaction.atomic
+def device_token_rotate(*, device: Device) -> str:
+    token = _new_token()
+    device.token_hash, device.token_rotated_at = token_hash(token), timezone.now()
+    device.save(update_fields=["token_hash", "token_rotated_at"])
+    _close_connection_after_commit(device, reason="revoked")
+    audit_record(
+        actor=Actor(label=f"device:{device.device_id}", role="device"),
+        tenant=device.tenant,
+        action="device.token_rotated",
+        target=device,
+    )
+    return token
+
+
+@transaction.atomic
+def device_revoke(*, actor: Actor, device: Device) -> Device:
+    """Invalidate the device's token and close its live connection at once."""
+    if device.revoked_at is None:
+        device.revoked_at = timezone.now()
+        device.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor, tenant=device.tenant, action="device.revoked", target=device, before={"name": device.name}
+        )
+    _close_connection_after_commit(device, reason="revoked")
+    return device
+
+
+def _close_connection_after_commit(device: Device, *, reason: str) -> None:
+    if device.connection_channel:
+        channel = device.connection_channel
+        transaction.on_commit(lambda: live.send_to_device_channel(channel, {"type": f"device.{reason}"}))
+
+
+@transaction.atomic
+def profile_secrets_put(*, device: Device, version: int, secrets_blob: bytes) -> int:
+    """Store the account's opaque profile secrets if `version` is current; return the new version."""
+    if len(secrets_blob) > PROFILE_SECRETS_MAX_BYTES:
+        raise ValidationError({"secrets": "Profile secrets may be at most 1 MiB."})
+    account = BackupAccount.objects.select_for_update().get(pk=device.account_id)
+    if version != account.profile_secrets_version:
+        raise RegistrationError("version_conflict", "The profile changed; fetch it and try again.", 409)
+    account.profile_secrets, account.profile_secrets_version = secrets_blob, version + 1
+    account.save(update_fields=["profile_secrets", "profile_secrets_version"])
+    return account.profile_secrets_version
+
+
+# --- Connections ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    device_pk: int
+    tenant_id: int
+    replaced_channel: str
+
+
+def device_connected(*, device: Device, channel_name: str, ip_address: str | None) -> Connected:
+    """Make `channel_name` the device's one live connection; return the one it replaces, if any."""
+    with transaction.atomic():
+        locked = Device.objects.select_for_update().get(pk=device.pk)
+        replaced = locked.connection_channel if locked.connection_channel != channel_name else ""
+        now = timezone.now()
+        Device.objects.filter(pk=device.pk).update(
+            connection_channel=channel_name, is_live=True, last_seen_at=now, public_ip=ip_address
+        )
+    live.device_presence(device.tenant_id, device.pk, is_live=True)
+    return Connected(device_pk=device.pk, tenant_id=device.tenant_id, replaced_channel=replaced)
+
+
+def device_disconnected(*, device_pk: int, tenant_id: int, channel_name: str) -> None:
+    """Mark the device offline, unless a newer connection has replaced this one."""
+    updated = Device.objects.filter(pk=device_pk, connection_channel=channel_name).update(
+        is_live=False, connection_channel="", last_seen_at=timezone.now()
+    )
+    if updated:
+        live.device_presence(tenant_id, device_pk, is_live=False)
+
+
+def device_hello(*, device_pk: int, hello: dict[str, Any]) -> None:
+    fields = {key: str(hello.get(key, ""))[:200] for key in ("name", "os", "arch", "client_version", "timezone")}
+    fields = {key: value for key, value in fields.items() if value}
+    consents = hello.get("consents") if isinstance(hello.get("consents"), dict) else {}
+    Device.objects.filter(pk=device_pk).update(consents={"allow_browse": bool(consents.get("allow_browse"))}, **fields)
+
+
+def devices_mark_stale_offline(*, older_than: timedelta) -> int:
+    """Mark offline the devices whose connection died without a goodbye (a crashed web process)."""
+    cutoff = timezone.now() - older_than
+    stale = list(Device.objects.filter(is_live=True, last_seen_at__lt=cutoff).values_list("pk", "tenant_id"))
+    Device.objects.filter(pk__in=[pk for pk, _ in stale]).update(is_live=False, connection_channel="")
+    for pk, tenant_id in stale:
+        live.device_presence(tenant_id, pk, is_live=False)
+    return len(stale)
+
+
+def inventory_apply(*, device_pk: int, tenant_id: int, status: dict[str, Any]) -> None:
+    """Replace a device's protected items and update its account's vault usage from a `status`."""
+    items = status.get("protected_items") or []
+    vaults = status.get("vaults") or []
+    device = Device.objects.only("account_id").get(pk=device_pk)
+    with transaction.atomic():
+        ProtectedItem.objects.filter(device_id=device_pk).exclude(
+            item_id__in=[item["item_id"] for item in items]
+        ).delete()
+        ProtectedItem.objects.bulk_create(
+            [
+                ProtectedItem(
+                    tenant_id=tenant_id,
+                    device_id=device_pk,
+                    item_id=item["item_id"],
+                    name=item["name"],
+                    engine=item["engine"],
+                    size_bytes=item["size_bytes"],
+                )
+                for item in items
+            ],
+            update_conflicts=True,
+            unique_fields=["device", "item_id"],
+            update_fields=["name", "engine", "size_bytes"],
+        )
+        StorageVault.objects.bulk_create(
+            [
+                StorageVault(
+                    tenant_id=tenant_id,
+                    account_id=device.account_id,
+                    vault_id=vault["vault_id"],
+                    name=vault["name"],
+                    kind=vault["kind"],
+                    bytes_used=vault["bytes_used"],
+                )
+                for vault in vaults
+            ],
+            update_conflicts=True,
+            unique_fields=["account", "vault_id"],
+            update_fields=["name", "kind", "bytes_used", "updated_at"],
+        )
+
+
+def devices_touch(*, seen: dict[int, datetime]) -> None:
+    """Write many devices' last-seen times in one statement (heartbeats are coalesced per process)."""
+    if seen:
+        Device.objects.bulk_update(
+            [Device(pk=pk, last_seen_at=at) for pk, at in seen.items()], ["last_seen_at"], batch_size=1000
+        )
+
+
+# --- Commands -------------------------------------------------------------------------------
+
+
+def _validate_command(device: Device, kind: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    if kind not in Command.Kind.values:
+        raise ValidationError({"kind": "Unknown command."})
+    if device.revoked_at is not None:
+        raise ValidationError("This device is revoked.")
+    if kind == Command.Kind.BROWSE_FILES and not device.allows_browse:
+        raise ValidationError("The device does not allow administrators to browse its files.")
+    if kind == Command.Kind.RUN_BACKUP:
+        if not parameters.get("protected_item_id") or not parameters.get("vault_id"):
+            raise ValidationError({"parameters": "Name the protected item and the vault to back up to."})
+    if kind == Command.Kind.CANCEL_JOB and not parameters.get("job_id"):
+        raise ValidationError({"parameters": "Name the job to cancel."})
+    return {key: value for key, value in parameters.items() if isinstance(key, str)}
+
+
+@transaction.atomic
+def command_issue(
+    *, actor: Actor, device: Device, kind: str, parameters: dict[str, Any] | None = None, ttl: timedelta = COMMAND_TTL
+) -> Command:
+    """Persist a command for a device, audit it, and tell the device's connection after commit."""
+    parameters = _validate_command(device, kind, parameters or {})
+    command = Command.objects.create(
+        tenant_id=device.tenant_id,
+        device=device,
+        kind=kind,
+        parameters=parameters,
+        issued_by=actor.user,
+        expires_at=timezone.now() + ttl,
+    )
+    audit_record(
+        actor=actor,
+        tenant=device.tenant,
+        action="command.issued",
+        target=command,
+        after={"device": device.name, "device_pk": device.pk, "kind": kind, "parameters": parameters},
+    )
+    live.command_status_after_commit(command)
+    if device.connection_channel:
+        channel = device.connection_channel
+        transaction.on_commit(lambda: live.send_to_device_channel(channel, {"type": "device.commands"}))
+    return command
+
+
+@transaction.atomic
+def commands_issue_bulk(
+    *, actor: Actor, tenant: Tenant, devices: list[Device], kind: str, parameters: dict[str, Any] | None = None
+) -> list[Command]:
+    """Issue one command per device, each with its own row and audit event, in one transaction."""
+    parameters = parameters or {}
+    expires_at = timezone.now() + COMMAND_TTL
+    commands = Command.objects.bulk_create(
+        [
+            Command(
+                tenant=tenant,
+                device=device,
+                kind=kind,
+                parameters=_validate_command(device, kind, parameters),
+                issued_by=actor.user,
+                expires_at=expires_at,
+            )
+            for device in devices
+        ],
+        batch_size=1000,
+    )
+    for device, command in zip(devices, commands, strict=True):
+        audit_record(
+            actor=actor,
+            tenant=tenant,
+            action="command.issued",
+            target_type="command",
+            target_id=str(command.pk),
+            after={"device": device.name, "device_pk": device.pk, "kind": kind, "parameters": parameters, "bulk": True},
+        )
+    channels = [device.connection_channel for device in devices if device.connection_channel]
+    transaction.on_commit(lambda: live.send_to_device_channels(channels, {"type": "device.commands"}))
+    return commands
+
+
+def commands_take_for_delivery(*, device_pk: int) -> list[dict[str, Any]]:
+    """Return the device's queued, unexpired commands as protocol frames and mark them delivered.
+
+    Delivered-but-unacknowledged commands are sent again: the device deduplicates by id.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        commands = list(
+            Command.objects.select_for_update()
+            .filter(
+                device_id=device_pk, status__in=[Command.Status.QUEUED, Command.Status.DELIVERED], expires_at__gt=now
+            )
+            .order_by("created_at", "id")[:100]
+        )
+        Command.objects.filter(pk__in=[command.pk for command in commands], status=Command.Status.QUEUED).update(
+            status=Command.Status.DELIVERED, delivered_at=now
+        )
+    for command in commands:
+        if command.status == Command.Status.QUEUED:
+            command.status = Command.Status.DELIVERED
+            live.command_status(command)
+    return [
+        {
+            "v": 1,
+            "type": "command",
+            "command_id": str(command.command_id),
+            "kind": command.kind,
+            "parameters": command.parameters,
+            "expires_at": command.expires_at.isoformat(),
+        }
+        for command in commands
+    ]
+
+
+_NEXT_STATUS = {
+    "acknowledged": {Command.Status.QUEUED, Command.Status.DELIVERED},
+    "running": {Command.Status.QUEUED, Command.Status.DELIVERED, Command.Status.ACKNOWLEDGED},
+    "succeeded": {Command.Status.QUEUED, Command.Status.DELIVERED, Command.Status.ACKNOWLEDGED, Command.Status.RUNNING},
+}
+_NEXT_STATUS["failed"] = _NEXT_STATUS["cancelled"] = _NEXT_STATUS["succeeded"]
+
+
+def command_advance(
+    *, device_pk: int, command_id: str, status: str, result: Any = None, error: str = ""
+) -> Command | None:
+    """Move a command forward (never backward) as the device reports; None if it is not this device's."""
+    try:
+        command = Command.objects.get(device_id=device_pk, command_id=command_id)
+    except (Command.DoesNotExist, ValidationError, ValueError):
+        return None
+    now = timezone.now()
+    updates: dict[str, Any] = {"status": status}
+    if status == "acknowledged":
+        updates["acknowledged_at"] = now
+    if status in ("succeeded", "failed", "cancelled"):
+        updates.update(finished_at=now, result=result, error=error[:500])
+    changed = Command.objects.filter(pk=command.pk, status__in=_NEXT_STATUS[status]).update(**updates)
+    if changed:
+        for key, value in updates.items():
+            setattr(command, key, value)
+        live.command_status(command)
+    return command
+
+
+def commands_expire() -> int:
+    """Mark commands that were never acknowledged before their expiry as expired."""
+    expired = Command.objects.filter(
+        status__in=[Command.Status.QUEUED, Command.Status.DELIVERED], expires_at__lte=timezone.now()
+    )
+    return expired.update(status=Command.Status.EXPIRED, finished_at=timezone.now())
+
+
+# --- Jobs -----------------------------------------------------------------------------------
+
+
+def job_started(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> Job:
+    command = None
+    if message.get("command_id"):
+        command = command_advance(device_pk=device_pk, command_id=message["command_id"], status="running")
+    job, _ = Job.objects.get_or_create(
+        device_id=device_pk,
+        job_id=message["job_id"],
+        defaults={
+            "tenant_id": tenant_id,
+            "command": command,
+            "kind": message.get("kind", Job.Kind.BACKUP),
+            "protected_item_id": message.get("protected_item_id", ""),
+            "vault_id": message.get("vault_id", ""),
+            "files_total": message.get("files_total", 0),
+            "started_at": timezone.now(),
+        },
+    )
+    live.job_update(tenant_id, job)
+    return job
+
+
+_COUNTERS = ("files_done", "files_total", "bytes_read", "bytes_uploaded")
+
+
+def job_progress(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> Job | None:
+    updates = {key: message[key] for key in _COUNTERS if key in message}
+    updates["progress_percent"] = message.get("percent", 0)
+    if not Job.objects.filter(device_id=device_pk, job_id=message["job_id"], status=Job.Status.RUNNING).update(
+        **updates
+    ):
+        return None
+    job = Job.objects.get(device_id=device_pk, job_id=message["job_id"])
+    live.job_update(tenant_id, job)
+    return job
+
+
+@transaction.atomic
+def job_finished(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> Job | None:
+    job = Job.objects.select_for_update().filter(device_id=device_pk, job_id=message["job_id"]).first()
+    if job is None:
+        return None
+    for key in _COUNTERS:
+        if key in message:
+            setattr(job, key, message[key])
+    job.status = message["status"]
+    job.finished_at = timezone.now()
+    if job.status == Job.Status.SUCCEEDED:
+        job.progress_percent = 100
+    job.save()
+    JobLogLine.objects.bulk_create(
+        [
+            JobLogLine(
+                job=job,
+                logged_at=_parse_time(line.get("time")),
+                level=str(line.get("level", "info"))[:8],
+                message=str(line.get("message", ""))[:1000],
+            )
+            for line in message.get("log_lines", [])[:LOG_LINES_PER_JOB]
+        ]
+    )
+    Device.objects.filter(pk=device_pk).update(has_failing_jobs=job.status == Job.Status.FAILED)
+    transaction.on_commit(lambda: live.job_update(tenant_id, job))
+    return job
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+            return parsed if parsed.tzinfo else timezone.make_aware(parsed)
+        except ValueError:
+            pass
+    return timezone.now()
