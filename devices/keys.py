@@ -44,9 +44,10 @@ def derive_keys(tenant_slug: str, username: str, password: str) -> tuple[bytes, 
     return output[:KEY_BYTES], output[KEY_BYTES:]
 
 
-def login_verifier(l_key: bytes, *, rounds: int = BCRYPT_ROUNDS) -> str:
+def login_verifier(l_key: bytes, *, rounds: int | None = None) -> str:
     """Return bcrypt(SHA-512(L)), the only thing the server stores about the password."""
-    return bcrypt.hashpw(hashlib.sha512(l_key).digest(), bcrypt.gensalt(rounds)).decode()
+    salt = bcrypt.gensalt(rounds or BCRYPT_ROUNDS)
+    return bcrypt.hashpw(hashlib.sha512(l_key).digest(), salt).decode()
 
 
 def login_verifier_matches(l_key: bytes, verifier: str) -> bool:

@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP goes to Django, websockets to the Channels routes of each app."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -12,11 +13,20 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from portal.websocket_urls import websocket_urlpatterns  # noqa: E402
-
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_application,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+from portal.websocket_urls import (  # noqa: E402
+    DEVICE_PREFIX,
+    browser_websocket_urlpatterns,
+    device_websocket_urlpatterns,
 )
+
+device_websockets = URLRouter(device_websocket_urlpatterns)
+browser_websockets = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(browser_websocket_urlpatterns)))
+
+
+async def websocket_application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["path"].startswith(DEVICE_PREFIX):
+        return await device_websockets(scope, receive, send)
+    return await browser_websockets(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": django_asgi_application, "websocket": websocket_application})

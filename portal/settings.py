@@ -184,6 +184,11 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = "UTC"
 
+# --- Devices --------------------------------------------------------------------------------
+
+# Seconds between a device's heartbeats; a device silent for three intervals is offline.
+DEVICE_HEARTBEAT_INTERVAL = env_int("DEVICE_HEARTBEAT_INTERVAL", 30)
+
 # --- Authentication -------------------------------------------------------------------------
 
 AUTHENTICATION_BACKENDS = [

@@ -1,11 +1,20 @@
-"""Websocket routes of every app, in one list that the ASGI router and the isolation probe read."""
+"""Websocket routes of every app. The isolation probe reads `websocket_urlpatterns`, all of them.
+
+Device sockets authenticate with a device token and carry no cookies, so they are served without
+the session middleware and the Origin check; browser sockets get both.
+"""
 
 from django.urls import path
 
 from devices.consumers import DeviceConsumer
 from tenants.consumers import TenantLiveConsumer
 
-websocket_urlpatterns = [
+DEVICE_PREFIX = "/ws/device/"
+
+device_websocket_urlpatterns = [
     path("ws/device/", DeviceConsumer.as_asgi(), name="ws-device"),
+]
+browser_websocket_urlpatterns = [
     path("ws/t/<slug:tenant_slug>/live/", TenantLiveConsumer.as_asgi(), name="ws-tenant-live"),
 ]
+websocket_urlpatterns = device_websocket_urlpatterns + browser_websocket_urlpatterns

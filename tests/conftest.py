@@ -26,6 +26,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def pytest_configure(config: pytest.Config) -> None:
     # The cast's passwords are hashed many times per test: a fast hasher keeps the suite quick.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Likewise bcrypt's cost for backup accounts' login verifiers (tests/devices check the real cost).
+    from devices import keys
+
+    keys.BCRYPT_ROUNDS = 4
 
 
 def _missing(marker: str) -> str | None:

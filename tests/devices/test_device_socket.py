@@ -1,0 +1,355 @@
+"""The device websocket, message by message, through Channels' communicator and the real consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices import services
+from devices.ingest import buffer
+from devices.models import Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
+from tenants.audit import Actor
+from tests.devices.conftest import db
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _device(registration) -> Device:
+    return Device.objects.get(pk=registration.device.pk)
+
+
+async def test_it_accepts_a_device_token_in_the_authorization_header(registration, device_socket):
+    socket = device_socket(registration.token)
+    connected, _ = await socket.connect()
+    assert connected
+    welcome = await socket.hello(name="renamed-laptop", timezone="Europe/Berlin", consents={"allow_browse": True})
+    assert welcome["heartbeat_interval"] == 30
+    device = await db(_device)(registration)
+    assert device.is_live and device.name == "renamed-laptop" and device.timezone == "Europe/Berlin"
+    assert device.allows_browse and device.connection_channel
+    await socket.close()
+    device = await db(_device)(registration)
+    assert not device.is_live and device.connection_channel == ""
+
+
+async def test_it_accepts_the_token_as_a_subprotocol(registration, device_socket):
+    socket = device_socket(None, subprotocols=["backup-device.v1", f"token.{registration.token}"])
+    connected, subprotocol = await socket.connect()
+    assert connected and subprotocol == "backup-device.v1"
+    await socket.hello()
+    await socket.close()
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+async def test_it_closes_unauthenticated_sockets_with_4001(token, registration, device_socket):
+    socket = device_socket(token)
+    await socket.connect()
+    assert await socket.receive_close_code() == 4001
+
+
+async def test_it_closes_the_old_connection_when_the_device_reconnects(registration, device_socket):
+    first = device_socket(registration.token)
+    await first.connect()
+    await first.hello()
+    second = device_socket(registration.token)
+    await second.connect()
+    assert await first.receive_close_code() == 4002
+    await first.close()
+    await second.hello()
+    device = await db(_device)(registration)
+    # The replaced connection's goodbye did not mark the device offline.
+    assert device.is_live
+    await second.close()
+
+
+async def test_it_closes_a_revoked_devices_connection_at_once(registration, device_socket, acme):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    device = await db(_device)(registration)
+    await db(services.device_revoke)(actor=Actor(user=acme.owner, role="owner"), device=device)
+    assert await socket.receive_close_code() == 4003
+    again = device_socket(registration.token)
+    await again.connect()
+    assert await again.receive_close_code() == 4001
+
+
+async def test_it_stores_inventory_from_status_within_a_flush(registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    await socket.send(
+        "status",
+        protected_items=[
+            {"item_id": "docs", "name": "Documents", "engine": "files", "size_bytes": 1200},
+            {"item_id": "db", "name": "Orders DB", "engine": "mysql", "size_bytes": 99},
+        ],
+        vaults=[{"vault_id": "v1", "name": "Local", "kind": "local", "bytes_used": 4096}],
+    )
+    await socket.send("heartbeat")
+    await asyncio.sleep(0.05)
+    await buffer.flush()
+    items = await db(lambda: sorted(ProtectedItem.objects.values_list("item_id", "engine", "size_bytes")))()
+    assert items == [("db", "mysql", 99), ("docs", "files", 1200)]
+    vault = await db(lambda: StorageVault.objects.get(vault_id="v1"))()
+    assert vault.bytes_used == 4096
+    # A later status replaces the items: one that disappeared is removed.
+    await socket.send(
+        "status",
+        protected_items=[{"item_id": "docs", "name": "Documents", "engine": "files", "size_bytes": 1300}],
+        vaults=[{"vault_id": "v1", "name": "Local", "kind": "local", "bytes_used": 5000}],
+    )
+    await asyncio.sleep(0.05)
+    await buffer.flush()
+    items = await db(lambda: list(ProtectedItem.objects.values_list("item_id", "size_bytes")))()
+    assert items == [("docs", 1300)]
+    await socket.close()
+
+
+async def test_it_coalesces_heartbeats_into_one_write(registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    await buffer.flush()
+    before = (await db(_device)(registration)).last_seen_at
+    for _ in range(10):
+        await socket.send("heartbeat")
+    await asyncio.sleep(0.05)
+    # Nothing is written per heartbeat...
+    assert (await db(_device)(registration)).last_seen_at == before
+    assert registration.device.pk in buffer.seen
+    # ...and one flush writes the latest time.
+    await buffer.flush()
+    assert (await db(_device)(registration)).last_seen_at > before
+    await socket.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "malformed_json"),
+        ("[1, 2]", "malformed_json"),
+        (json.dumps({"v": 2, "type": "heartbeat"}), "unsupported_version"),
+        (json.dumps({"v": 1, "type": "launch_missiles"}), "unknown_type"),
+        (json.dumps({"v": 1, "type": "status", "protected_items": [{"item_id": "x"}]}), "invalid_message"),
+        (json.dumps({"v": 1, "type": "command_ack", "command_id": "nope"}), "invalid_message"),
+        (json.dumps({"v": 1, "type": "command_ack", "command_id": str(uuid.uuid4())}), "unknown_command"),
+        (json.dumps({"v": 1, "type": "job_progress", "job_id": str(uuid.uuid4()), "percent": 5}), "unknown_job"),
+        (json.dumps({"v": 1, "type": "job_progress", "job_id": str(uuid.uuid4()), "percent": 500}), "invalid_message"),
+    ],
+)
+async def test_it_answers_bad_frames_with_an_error_and_stays_open(frame, code, registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    await socket.send_raw(frame)
+    error = await socket.receive()
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    await socket.send("heartbeat")
+    await socket.hello()  # still answered: the connection is open
+    await socket.close()
+
+
+async def test_it_closes_on_an_oversized_frame(registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.send_raw(json.dumps({"v": 1, "type": "heartbeat", "pad": "x" * 70_000}))
+    assert await socket.receive_close_code() == 4009
+
+
+async def test_it_rate_limits_a_flood_then_closes(registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    for _ in range(300):
+        await socket.send("heartbeat")
+    codes = []
+    while True:
+        output = await socket.communicator.receive_output(timeout=3)
+        if output["type"] == "websocket.close":
+            close_code = output["code"]
+            break
+        codes.append(json.loads(output["text"])["code"])
+    assert "rate_limited" in codes and close_code == 4029
+
+
+async def test_it_closes_after_too_many_bad_messages(registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    for _ in range(25):
+        await socket.send_raw("garbage")
+    assert await socket.receive_close_code() == 4000
+
+
+async def test_it_closes_a_silent_device(registration, device_socket, settings):
+    settings.DEVICE_HEARTBEAT_INTERVAL = 0.2
+    socket = device_socket(registration.token)
+    await socket.connect()
+    assert await socket.receive_close_code(timeout=3) == 4008
+
+
+# --- Commands -------------------------------------------------------------------------------
+
+
+def _issue(acme, registration, kind="ping", **kwargs):
+    device = Device.objects.get(pk=registration.device.pk)
+    return services.command_issue(
+        actor=Actor(user=acme.technician, role="technician"), device=device, kind=kind, **kwargs
+    )
+
+
+async def test_it_delivers_queued_commands_after_hello_and_tracks_their_status(acme, registration, device_socket):
+    queued = await db(_issue)(acme, registration)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    frame = await socket.receive()
+    assert frame["type"] == "command" and frame["command_id"] == str(queued.command_id) and frame["kind"] == "ping"
+    command = await db(Command.objects.get)(pk=queued.pk)
+    assert command.status == "delivered" and command.delivered_at
+
+    await socket.send("command_ack", command_id=frame["command_id"])
+    await socket.send("command_result", command_id=frame["command_id"], status="succeeded", result={"pong": "now"})
+    await asyncio.sleep(0.1)
+    command = await db(Command.objects.get)(pk=queued.pk)
+    assert command.status == "succeeded" and command.result == {"pong": "now"} and command.finished_at
+    await socket.close()
+
+
+async def test_it_pushes_a_new_command_to_a_live_device(acme, registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_issue)(acme, registration, kind="collect_logs", parameters={"lines": 5})
+    frame = await socket.receive()
+    assert frame["command_id"] == str(command.command_id) and frame["parameters"] == {"lines": 5}
+    await socket.close()
+
+
+async def test_it_resends_unacknowledged_commands_on_reconnect(acme, registration, device_socket):
+    command = await db(_issue)(acme, registration)
+    first = device_socket(registration.token)
+    await first.connect()
+    await first.hello()
+    assert (await first.receive())["command_id"] == str(command.command_id)
+    await first.close()
+    second = device_socket(registration.token)
+    await second.connect()
+    await second.hello()
+    # Delivered but never acknowledged: sent again (the device deduplicates by id).
+    assert (await second.receive())["command_id"] == str(command.command_id)
+    await second.send("command_ack", command_id=str(command.command_id))
+    await asyncio.sleep(0.05)
+    await second.close()
+    third = device_socket(registration.token)
+    await third.connect()
+    await third.hello()
+    assert await third.communicator.receive_nothing(timeout=0.3)
+    await third.close()
+
+
+async def test_it_never_delivers_an_expired_command(acme, registration, device_socket):
+    command = await db(_issue)(acme, registration, ttl=timedelta(seconds=-1))
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    assert await socket.communicator.receive_nothing(timeout=0.3)
+    assert await db(services.commands_expire)() == 1
+    assert (await db(Command.objects.get)(pk=command.pk)).status == "expired"
+    await socket.close()
+
+
+async def test_it_never_moves_a_command_backwards(acme, registration, device_socket):
+    command = await db(_issue)(acme, registration)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    await socket.receive()
+    await socket.send("command_result", command_id=str(command.command_id), status="failed", error="disk full")
+    await socket.send("command_ack", command_id=str(command.command_id))
+    await asyncio.sleep(0.1)
+    stored = await db(Command.objects.get)(pk=command.pk)
+    assert stored.status == "failed" and stored.error == "disk full"
+    await socket.close()
+
+
+async def test_it_records_a_job_from_start_to_finish(acme, registration, device_socket):
+    command = await db(_issue)(
+        acme, registration, kind="run_backup", parameters={"protected_item_id": "docs", "vault_id": "v1"}
+    )
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    await socket.receive()
+    job_id = str(uuid.uuid4())
+    await socket.send("command_ack", command_id=str(command.command_id))
+    await socket.send(
+        "job_started",
+        job_id=job_id,
+        kind="backup",
+        command_id=str(command.command_id),
+        protected_item_id="docs",
+        vault_id="v1",
+        files_total=3,
+    )
+    await socket.send(
+        "job_progress", job_id=job_id, percent=50, files_done=1, files_total=3, bytes_read=10, bytes_uploaded=10
+    )
+    await asyncio.sleep(0.1)
+    job = await db(Job.objects.get)(job_id=job_id)
+    assert job.status == "running" and job.progress_percent == 50 and job.files_done == 1
+    assert (await db(Command.objects.get)(pk=command.pk)).status == "running"
+    await socket.send(
+        "job_finished",
+        job_id=job_id,
+        status="failed",
+        files_done=2,
+        files_total=3,
+        bytes_read=20,
+        bytes_uploaded=20,
+        log_lines=[{"time": "2026-11-27T10:00:00+00:00", "level": "error", "message": "cannot read c.txt"}],
+    )
+    await asyncio.sleep(0.1)
+    job = await db(Job.objects.get)(job_id=job_id)
+    assert job.status == "failed" and job.files_done == 2 and job.finished_at
+    lines = await db(lambda: list(JobLogLine.objects.filter(job=job).values_list("level", "message")))()
+    assert lines == [("error", "cannot read c.txt")]
+    assert (await db(_device)(registration)).has_failing_jobs
+    await socket.close()
+
+
+def test_it_refuses_to_browse_a_device_that_did_not_allow_it(acme, registration):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError):
+        _issue(acme, registration, kind="browse_files", parameters={"path": "/"})
+    Device.objects.filter(pk=registration.device.pk).update(consents={"allow_browse": True})
+    assert _issue(acme, registration, kind="browse_files", parameters={"path": "/"}).status == "queued"
+
+
+def test_it_issues_a_bulk_command_with_a_row_and_an_audit_event_per_device(acme, account, l_key_hex):
+    from tenants.models import AuditEvent
+
+    for number in range(5):
+        from tests.devices.conftest import register
+
+        register(account, l_key_hex, device_id=f"bulk-device-{number}")
+    devices = list(Device.objects.filter(account=account))
+    commands = services.commands_issue_bulk(
+        actor=Actor(user=acme.admin, role="admin"), tenant=acme.tenant, devices=devices, kind="ping"
+    )
+    assert len(commands) == 5 and {command.device_id for command in commands} == {device.pk for device in devices}
+    events = AuditEvent.objects.filter(tenant=acme.tenant, action="command.issued")
+    assert sorted(event.after["device_pk"] for event in events) == sorted(device.pk for device in devices)
+
+
+def test_it_marks_silent_devices_offline(registration):
+    Device.objects.filter(pk=registration.device.pk).update(
+        is_live=True, last_seen_at=timezone.now() - timedelta(minutes=5), connection_channel="gone"
+    )
+    assert services.devices_mark_stale_offline(older_than=timedelta(seconds=100)) == 1
+    assert not Device.objects.get(pk=registration.device.pk).is_live
