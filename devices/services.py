@@ -424,9 +424,8 @@ def _validate_command(device: Device, kind: str, parameters: dict[str, Any]) -> 
         raise ValidationError("This device is revoked.")
     if kind == Command.Kind.BROWSE_FILES and not device.allows_browse:
         raise ValidationError("The device does not allow administrators to browse its files.")
-    if kind == Command.Kind.RUN_BACKUP:
-        if not parameters.get("protected_item_id") or not parameters.get("vault_id"):
-            raise ValidationError({"parameters": "Name the protected item and the vault to back up to."})
+    if kind == Command.Kind.RUN_BACKUP and not (parameters.get("protected_item_id") and parameters.get("vault_id")):
+        raise ValidationError({"parameters": "Name the protected item and the vault to back up to."})
     if kind == Command.Kind.CANCEL_JOB and not parameters.get("job_id"):
         raise ValidationError({"parameters": "Name the job to cancel."})
     return {key: value for key, value in parameters.items() if isinstance(key, str)}
