@@ -7,6 +7,7 @@ the session middleware and the Origin check; browser sockets get both.
 from django.urls import path
 
 from devices.consumers import DeviceConsumer
+from devices.consumers_browser import FleetLiveConsumer
 from tenants.consumers import TenantLiveConsumer
 
 DEVICE_PREFIX = "/ws/device/"
@@ -16,5 +17,6 @@ device_websocket_urlpatterns = [
 ]
 browser_websocket_urlpatterns = [
     path("ws/t/<slug:tenant_slug>/live/", TenantLiveConsumer.as_asgi(), name="ws-tenant-live"),
+    path("ws/t/<slug:tenant_slug>/fleet/", FleetLiveConsumer.as_asgi(), name="ws-tenant-fleet"),
 ]
 websocket_urlpatterns = device_websocket_urlpatterns + browser_websocket_urlpatterns

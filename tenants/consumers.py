@@ -40,37 +40,52 @@ def _resolve_access(user: Any, session: Any, slug: str) -> tuple[int, str, bool]
     return access.tenant.pk, access.membership.role, access.tenant.is_suspended or not verified
 
 
-class TenantLiveConsumer(AsyncJsonWebsocketConsumer):
-    """Stream a tenant's new audit events to admins allowed to read the audit log."""
+class TenantSocketConsumer(AsyncJsonWebsocketConsumer):
+    """A browser socket inside one tenant: resolves the tenant on connect, then joins its groups.
 
-    groups: list[str] = []
+    Subclasses name the permission they need and the groups to join; every tenant socket of every
+    app is checked here, the same way.
+    """
+
+    permission = "tenant.view"
+
+    def group_names(self, tenant_id: int) -> list[str]:
+        raise NotImplementedError
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         slug = self.scope["url_route"]["kwargs"]["tenant_slug"]
-        access = (
-            await _resolve_access(user, self.scope.get("session"), slug)
-            if user is not None and user.is_authenticated
-            else None
-        )
+        authenticated = user is not None and user.is_authenticated
+        access = await _resolve_access(user, self.scope.get("session"), slug) if authenticated else None
         if access is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
         tenant_id, role, blocked = access
-        if blocked or not role_allows(role, "audit.view"):
+        if blocked or not role_allows(role, self.permission):
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.audit_group = audit_group_name(tenant_id)
-        await self.channel_layer.group_add(self.audit_group, self.channel_name)
+        self.tenant_id = tenant_id
+        self.joined = self.group_names(tenant_id)
+        for group in self.joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "audit_group"):
-            await self.channel_layer.group_discard(self.audit_group, self.channel_name)
+        for group in getattr(self, "joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        # The browser only listens; anything it sends is ignored.
+        # Browsers only listen on these sockets; anything they send is ignored.
         return
+
+
+class TenantLiveConsumer(TenantSocketConsumer):
+    """Stream a tenant's new audit events to admins allowed to read the audit log."""
+
+    permission = "audit.view"
+
+    def group_names(self, tenant_id: int) -> list[str]:
+        return [audit_group_name(tenant_id)]
 
     async def audit_event(self, message: dict[str, Any]) -> None:
         await self.send_json({"type": "audit_event", "event": message["event"]})

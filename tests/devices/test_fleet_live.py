@@ -1,0 +1,58 @@
+"""Admins' browsers see their own fleet live (presence, commands, jobs), and no other tenant's."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from devices.models import Device
+from portal.asgi import application
+from tenants.audit import Actor
+from tests.conftest import client_for
+from tests.devices.conftest import db
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _headers(user):
+    client = client_for(user)
+    return [(b"origin", b"http://testserver"), (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())]
+
+
+async def _browser(slug, user):
+    communicator = WebsocketCommunicator(
+        application, f"/ws/t/{slug}/fleet/", headers=await sync_to_async(_headers)(user)
+    )
+    connected, code = await communicator.connect()
+    assert connected, code
+    return communicator
+
+
+async def test_it_pushes_presence_and_command_status_to_the_tenants_browsers_only(
+    acme, globex, registration, device_socket
+):
+    acme_browser = await _browser("acme", acme.auditor)
+    globex_browser = await _browser("globex", globex.owner)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    presence = await acme_browser.receive_json_from(timeout=3)
+    assert presence == {"kind": "device_presence", "device": registration.device.pk, "live": True}
+
+    from devices import services
+
+    device = await db(Device.objects.get)(pk=registration.device.pk)
+    command = await db(services.command_issue)(
+        actor=Actor(user=acme.technician, role="technician"), device=device, kind="ping"
+    )
+    update = await acme_browser.receive_json_from(timeout=3)
+    assert update["kind"] == "command_status" and update["command"] == command.pk and update["status"] == "queued"
+
+    delivered = await acme_browser.receive_json_from(timeout=3)
+    assert delivered["command"] == command.pk and delivered["status"] == "delivered"
+    await socket.close()
+    offline = await acme_browser.receive_json_from(timeout=3)
+    assert offline == {"kind": "device_presence", "device": registration.device.pk, "live": False}
+    assert await globex_browser.receive_nothing(timeout=0.3)
+    await acme_browser.disconnect()
+    await globex_browser.disconnect()
