@@ -7,6 +7,8 @@ import binascii
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -37,6 +39,19 @@ class DeviceTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Device realm="devices"'
+
+
+class DeviceTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "devices.api_device.DeviceTokenAuthentication"
+    name = "DeviceToken"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "The device token from registration: `Authorization: Device <token>`.",
+        }
 
 
 class IsDevice(BasePermission):

@@ -72,7 +72,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         connected = await database_sync_to_async(services.device_connected)(
             device=device, channel_name=self.channel_name, ip_address=ip_address
         )
-        self.device_pk, self.tenant_id = connected.device_pk, connected.tenant_id
+        self.device_pk, self.tenant_id, self.device_id = connected.device_pk, connected.tenant_id, device.device_id
         if connected.replaced_channel:
             await self.channel_layer.send(connected.replaced_channel, {"type": "device.replaced"})
         self.limiter = protocol.RateLimiter()
@@ -124,7 +124,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         await self._send(
             {
                 "type": "welcome",
-                "device_id": message.get("device_id", ""),
+                "device_id": self.device_id,
                 "heartbeat_interval": _heartbeat_interval(),
                 "server_time": timezone.now().isoformat(),
             }

@@ -215,6 +215,9 @@ def device_register(
         existing = Device.objects.filter(tenant=account.tenant, device_id=device_id).first()
         if existing is not None and existing.account_id != account.pk:
             raise RegistrationError("device_id_taken", "Another account registered this device id.", 409)
+        if existing is not None and existing.revoked_at is not None:
+            # An administrator revoked this device: knowing the password must not undo that.
+            raise RegistrationError("device_revoked", "An administrator revoked this device.", 403)
         if existing is None and account.devices.filter(revoked_at__isnull=True).count() >= account.max_devices:
             raise RegistrationError("device_limit", "This account has reached its device limit.", 403)
         fields = {
@@ -239,7 +242,7 @@ def device_register(
             _close_connection_after_commit(device, reason="revoked")
             for key, value in fields.items():
                 setattr(device, key, value)
-            device.token_hash, device.token_rotated_at, device.revoked_at = token_hash(token), timezone.now(), None
+            device.token_hash, device.token_rotated_at = token_hash(token), timezone.now()
             device.public_ip = ip_address
             device.save()
             action = "device.reregistered"

@@ -195,9 +195,9 @@ def invitation_create(*, actor: Actor, tenant: Tenant, email: str, role: str) ->
     body = render_to_string(
         "emails/invitation.txt", {"tenant": tenant, "role": role, "link": link, "inviter": actor.display}
     )
-    transaction.on_commit(
-        lambda: send_mail(f"You are invited to {tenant.title}", body, None, [email], fail_silently=False)
-    )
+    # A subject is one header line: a line break in the tenant's name must not break the mail.
+    subject = " ".join(f"You are invited to {tenant.title}".split())
+    transaction.on_commit(lambda: send_mail(subject, body, None, [email], fail_silently=False))
     return IssuedInvitation(invitation=invitation, link=link)
 
 

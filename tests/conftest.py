@@ -63,6 +63,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail("REQUIRE_FULL_SUITE=1 but " + "; ".join(reasons), pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Start each test with an empty cache: throttling counts live there."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @dataclass
 class TenantCast:
     tenant: Tenant

@@ -7,6 +7,7 @@ the probe until it is given a value or listed in EXEMPT with a reason.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,7 +16,11 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
+from devices import keys
+from devices import services as device_services
+from devices.models import Job
 from portal.asgi import application
 from portal.websocket_urls import websocket_urlpatterns
 from tenants import services
@@ -115,6 +120,24 @@ def world(acme, globex, initech, staff, outsider):
         "key_id": str(owner_key.api_key.pk),
         "token": invitation.link.rstrip("/").rsplit("/", 1)[-1],
     }
+    account = device_services.account_create(
+        actor=SYSTEM, tenant=acme.tenant, username="acme-customer", password="pw-12345678"
+    )
+    device = device_services.device_register(
+        tenant_slug="acme",
+        username="acme-customer",
+        l_key_hex=keys.derive_keys("acme", "acme-customer", "pw-12345678")[0].hex(),
+        device_id="acme-device-0001",
+        inventory={"name": ACME_SECRET + "-laptop"},
+        ip_address="192.0.2.1",
+    ).device
+    command = device_services.command_issue(actor=SYSTEM, device=device, kind="ping")
+    job = Job.objects.create(
+        tenant=acme.tenant, device=device, job_id=uuid.uuid4(), command=command, started_at=timezone.now()
+    )
+    acme_values.update(
+        account_id=str(account.pk), device_pk=str(device.pk), command_pk=str(command.pk), job_pk=str(job.pk)
+    )
     globex_key = services.api_key_create(actor=SYSTEM, tenant=globex.tenant, user=globex.owner, name="probe")
     return {
         "acme": acme,

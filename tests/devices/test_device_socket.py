@@ -28,7 +28,7 @@ async def test_it_accepts_a_device_token_in_the_authorization_header(registratio
     connected, _ = await socket.connect()
     assert connected
     welcome = await socket.hello(name="renamed-laptop", timezone="Europe/Berlin", consents={"allow_browse": True})
-    assert welcome["heartbeat_interval"] == 30
+    assert welcome["heartbeat_interval"] == 30 and welcome["device_id"] == "device-0001"
     device = await db(_device)(registration)
     assert device.is_live and device.name == "renamed-laptop" and device.timezone == "Europe/Berlin"
     assert device.allows_browse and device.connection_channel

@@ -161,3 +161,11 @@ def test_it_accepts_an_l_key_instead_of_a_password(acme):
     l_key = keys.derive_keys("acme", "carol", "never-sent")[0]
     account = services.account_create(actor=SYSTEM, tenant=acme.tenant, username="Carol", l_key_hex=l_key.hex())
     assert account.username == "carol" and keys.login_verifier_matches(l_key, account.login_verifier)
+
+
+def test_it_refuses_to_register_a_revoked_device_again(account):
+    assert _register(Client()).status_code == 201
+    services.device_revoke(actor=SYSTEM, device=Device.objects.get(device_id="laptop-0001"))
+    response = _register(Client())
+    assert response.status_code == 403 and response.json()["error"]["code"] == "device_revoked"
+    assert Device.objects.get(device_id="laptop-0001").revoked_at is not None
