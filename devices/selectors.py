@@ -10,6 +10,10 @@ from django.http import Http404
 from devices.models import BackupAccount, Command, Device, Job, ProtectedItem, StorageVault
 from tenants.models import Tenant
 
+# Account columns that lists and device pages never show: up to 1 MiB of opaque secrets, and a hash.
+ACCOUNT_HEAVY_FIELDS = ("profile_secrets", "login_verifier")
+_DEVICE_ACCOUNT_HEAVY_FIELDS = tuple(f"account__{field}" for field in ACCOUNT_HEAVY_FIELDS)
+
 DEVICE_SORTS = {
     "name": ("name", "id"),
     "-name": ("-name", "-id"),
@@ -24,7 +28,7 @@ def account_list(*, tenant: Tenant, search: str = "") -> QuerySet[BackupAccount]
     accounts = BackupAccount.objects.filter(tenant=tenant)
     if search:
         accounts = accounts.filter(Q(username__icontains=search) | Q(display_name__icontains=search))
-    return accounts.annotate(device_count=Count("devices")).order_by("username")
+    return accounts.defer(*ACCOUNT_HEAVY_FIELDS).annotate(device_count=Count("devices")).order_by("username")
 
 
 def account_get(*, tenant: Tenant, account_id: int) -> BackupAccount:
@@ -51,7 +55,7 @@ class DeviceFilters:
 
 def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> QuerySet[Device]:
     """Return the tenant's devices filtered and sorted; every filter and sort has an index behind it."""
-    devices = Device.objects.filter(tenant=tenant).select_related("account")
+    devices = Device.objects.filter(tenant=tenant).select_related("account").defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
     if filters.search:
         devices = devices.filter(Q(name__icontains=filters.search) | Q(account__username__icontains=filters.search))
     if filters.account_id is not None:
@@ -69,7 +73,11 @@ def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> 
 
 def device_get(*, tenant: Tenant, device_pk: int) -> Device:
     try:
-        return Device.objects.select_related("account").get(tenant=tenant, pk=device_pk)
+        return (
+            Device.objects.select_related("account")
+            .defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
+            .get(tenant=tenant, pk=device_pk)
+        )
     except (Device.DoesNotExist, ValueError):
         raise Http404 from None
 
@@ -82,6 +90,14 @@ def devices_for_bulk(*, tenant: Tenant, device_pks: list[int] | None = None, acc
     if account_id is not None:
         devices = devices.filter(account_id=account_id)
     return devices.order_by("id")
+
+
+def jobs_of_account(*, account: BackupAccount) -> QuerySet[Job]:
+    return (
+        Job.objects.filter(tenant_id=account.tenant_id, device__account=account)
+        .select_related("device")
+        .order_by("-started_at", "-id")
+    )
 
 
 def protected_items_of(*, device: Device) -> QuerySet[ProtectedItem]:

@@ -12,6 +12,7 @@ urlpatterns = [
     path("", include("tenants.urls_account")),
     path("platform/", include("tenants.urls_platform")),
     path("t/<slug:tenant_slug>/", include("tenants.urls")),
+    path("t/<slug:tenant_slug>/", include("devices.urls")),
     path("api/v1/", include("tenants.api_urls")),
     path("api/device/v1/", include("devices.api_device_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
