@@ -561,12 +561,23 @@ def command_advance(
     return command
 
 
+RESULT_GRACE = timedelta(hours=24)
+
+
 def commands_expire() -> int:
-    """Mark commands that were never acknowledged before their expiry as expired."""
+    """Close commands that can no longer finish; return how many changed.
+
+    Never acknowledged before their expiry → expired. Acknowledged or running, yet without a
+    result a day after their expiry (the result was lost with a connection) → failed.
+    """
+    now = timezone.now()
     expired = Command.objects.filter(
-        status__in=[Command.Status.QUEUED, Command.Status.DELIVERED], expires_at__lte=timezone.now()
-    )
-    return expired.update(status=Command.Status.EXPIRED, finished_at=timezone.now())
+        status__in=[Command.Status.QUEUED, Command.Status.DELIVERED], expires_at__lte=now
+    ).update(status=Command.Status.EXPIRED, finished_at=now)
+    abandoned = Command.objects.filter(
+        status__in=[Command.Status.ACKNOWLEDGED, Command.Status.RUNNING], expires_at__lte=now - RESULT_GRACE
+    ).update(status=Command.Status.FAILED, finished_at=now, error="The device never reported a result.")
+    return expired + abandoned
 
 
 # --- Jobs -----------------------------------------------------------------------------------

@@ -353,3 +353,15 @@ def test_it_marks_silent_devices_offline(registration):
     )
     assert services.devices_mark_stale_offline(older_than=timedelta(seconds=100)) == 1
     assert not Device.objects.get(pk=registration.device.pk).is_live
+
+
+def test_it_fails_commands_whose_result_never_came(acme, registration):
+    command = _issue(acme, registration)
+    Command.objects.filter(pk=command.pk).update(
+        status="acknowledged", expires_at=timezone.now() - services.RESULT_GRACE - timedelta(minutes=1)
+    )
+    fresh = _issue(acme, registration)
+    Command.objects.filter(pk=fresh.pk).update(status="running", expires_at=timezone.now() - timedelta(minutes=1))
+    assert services.commands_expire() == 1
+    assert Command.objects.get(pk=command.pk).status == "failed"
+    assert Command.objects.get(pk=fresh.pk).status == "running"
