@@ -7,11 +7,14 @@ the layer drops costs a delay, never data.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+logger = logging.getLogger(__name__)
 
 
 def devices_group_name(tenant_id: int) -> str:
@@ -28,16 +31,23 @@ def send_to_device_channels(channels: list[str], message: dict[str, Any]) -> Non
     if layer is None or not channels:
         return
 
-    async def send_all() -> None:
-        await asyncio.gather(*(layer.send(channel, message) for channel in channels), return_exceptions=True)
+    async def send_all() -> list[Any]:
+        return await asyncio.gather(*(layer.send(channel, message) for channel in channels), return_exceptions=True)
 
-    async_to_sync(send_all)()
+    failures = [result for result in async_to_sync(send_all)() if isinstance(result, BaseException)]
+    if failures:
+        # The device collects its commands from the database when it (re)connects.
+        logger.warning("%d of %d pushes to devices failed: %s", len(failures), len(channels), failures[0])
 
 
 def _to_browsers(tenant_id: int, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is None:
+        return
+    try:
         async_to_sync(layer.group_send)(devices_group_name(tenant_id), {"type": "live.update", "event": event})
+    except Exception as error:  # the layer is down: browsers resynchronise when their socket reconnects
+        logger.warning("A live update to tenant %s's browsers was dropped: %s", tenant_id, error)
 
 
 def device_presence(tenant_id: int, device_pk: int, *, is_live: bool) -> None:

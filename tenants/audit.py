@@ -6,6 +6,7 @@ pushed to the tenant's live audit stream only after the transaction commits.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from django.utils import timezone
 
 from tenants.models import AuditEvent, Tenant
 from tenants.net import request_client_ip
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,9 @@ def _push_live(event: AuditEvent) -> None:
     layer = get_channel_layer()
     if layer is None or event.tenant_id is None:
         return
-    async_to_sync(layer.group_send)(
-        audit_group_name(event.tenant_id), {"type": "audit.event", "event": audit_event_as_dict(event)}
-    )
+    try:
+        async_to_sync(layer.group_send)(
+            audit_group_name(event.tenant_id), {"type": "audit.event", "event": audit_event_as_dict(event)}
+        )
+    except Exception as error:  # the event is stored; only its live display is lost
+        logger.warning("A live audit event for tenant %s was dropped: %s", event.tenant_id, error)
