@@ -1,26 +1,17 @@
-"""A real portal for the browser tests: uvicorn in a subprocess, on its own database, driven by Debian's
-Chromium through Playwright. Nothing is downloaded at test time."""
+"""Browser tests: a real portal (tests/live.py) driven by Debian's Chromium through Playwright.
+Nothing is downloaded at test time."""
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from tests.conftest import CHROMIUM
+from tests.live import LivePortal, live_portal
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -31,97 +22,31 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+# A tenant "acme" with its owner, and a platform staff member, all with the given password.
+SEED_WORLD = """
+from django.contrib.auth import get_user_model
+from tenants.models import Membership, Tenant
 
-@dataclass
-class LivePortal:
-    url: str
-    password: str
-    seeded: dict
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _database_env(tmp_path: Path) -> tuple[dict[str, str], callable]:
-    """Give the server a database of its own: a temporary PostgreSQL database, or a SQLite file."""
-    if not settings.DATABASE_URL:
-        return {}, lambda: None
-    import psycopg
-
-    name = f"portal_browser_{secrets.token_hex(4)}"
-    admin_url = settings.DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return {"DATABASE_URL": settings.DATABASE_URL.rsplit("/", 1)[0] + "/" + name}, drop
+users = get_user_model().objects
+tenant = Tenant.objects.create(
+    slug="acme", name="Acme Corporation", display_name="Acme Backup", accent_colour="#b42318"
+)
+owner = users.create_user("acme-owner", "owner@acme.example", arguments["password"])
+Membership.objects.create(tenant=tenant, user=owner, role="owner")
+users.create_user("platform-staff", "staff@portal.example", arguments["password"], is_staff=True)
+print(json.dumps({"tenant": tenant.slug, "owner": owner.username}))
+"""
 
 
 @pytest.fixture
-def live_portal(tmp_path: Path) -> Iterator[LivePortal]:
-    database_env, drop_database = _database_env(tmp_path)
-    env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(database_env, PORTAL_DATA_DIR=str(tmp_path / "data"), DEBUG="0", PYTHONUNBUFFERED="1")
-    if settings.REDIS_URL:
-        env["REDIS_URL"] = settings.REDIS_URL
-    password = secrets.token_urlsafe(12)
-    try:
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
-        seeded = subprocess.run(
-            [sys.executable, "tests/browser/seed_world.py", password],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        port = _free_port()
-        log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "portal.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--ws",
-                "websockets-sansio",
-                "--ws-per-message-deflate",
-                "false",
-                "--no-access-log",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/login/", timeout=1)  # noqa: S310 - our own server
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError((tmp_path / "server.log").read_text()) from None
-                time.sleep(0.2)
-        try:
-            yield LivePortal(url=url, password=password, seeded=json.loads(seeded.stdout.strip().splitlines()[-1]))
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
-            log.close()
-    finally:
-        drop_database()
+def password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+@pytest.fixture
+def portal_for_browser(tmp_path: Path, password: str) -> Iterator[LivePortal]:
+    with live_portal(tmp_path / "portal", seed=SEED_WORLD, seed_arguments={"password": password}) as portal:
+        yield portal
 
 
 @pytest.fixture

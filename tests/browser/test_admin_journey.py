@@ -19,17 +19,17 @@ def _current_code(secret: str) -> str:
     return f"{totp(key):06d}"
 
 
-def test_it_logs_in_enrols_totp_invites_and_sees_the_audit_event_live(live_portal, browser):
+def test_it_logs_in_enrols_totp_invites_and_sees_the_audit_event_live(portal_for_browser, password, browser):
     context = browser.new_context()
     page = context.new_page()
-    page.goto(live_portal.url + "/login/")
+    page.goto(portal_for_browser.url + "/login/")
     page.fill("input[name=username]", "acme-owner")
-    page.fill("input[name=password]", live_portal.password)
+    page.fill("input[name=password]", password)
     page.click("main button[type=submit]")
-    page.wait_for_url(live_portal.url + "/t/acme/")
+    page.wait_for_url(portal_for_browser.url + "/t/acme/")
     assert page.inner_text("[data-testid=tenant-title]") == "Acme Backup"
 
-    page.goto(live_portal.url + "/account/two-factor/")
+    page.goto(portal_for_browser.url + "/account/two-factor/")
     assert page.locator("[data-testid=qr-code] svg").count() == 1
     secret = page.inner_text("[data-testid=totp-secret]").strip()
     page.fill("input[name=code]", _current_code(secret))
@@ -38,11 +38,11 @@ def test_it_logs_in_enrols_totp_invites_and_sees_the_audit_event_live(live_porta
     assert "recovery" in page.content().lower()
 
     audit = context.new_page()
-    audit.goto(live_portal.url + "/t/acme/audit/")
+    audit.goto(portal_for_browser.url + "/t/acme/audit/")
     audit.wait_for_selector("body[data-live-audit=connected]", timeout=10_000)
     rows_before = audit.locator("#audit-rows tr").count()
 
-    page.goto(live_portal.url + "/t/acme/team/")
+    page.goto(portal_for_browser.url + "/t/acme/team/")
     page.fill("input[name=email]", "new.admin@acme.example")
     page.select_option("#id_role", "admin")
     page.click("text=Send invitation")

@@ -4,19 +4,16 @@ and watches the job start, progress and finish on the device page without reload
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
-from tests.browser.conftest import REPO, _database_env, _free_port
+from tests.browser.conftest import SEED_WORLD
+from tests.live import REPO, LivePortal, live_portal
 
 pytestmark = pytest.mark.browser
 
@@ -28,71 +25,28 @@ DEVICE_NAME = "reception-pc"
 FOLDERS, FILES_PER_FOLDER, FILE_BYTES = 20, 100, 8192
 
 
-@dataclass
-class FleetPortal:
-    url: str
-    password: str
-    env: dict[str, str]
+# After SEED_WORLD: a backup account; its device registers itself (the agent knows the password).
+SEED_FLEET = """
+from devices import services
+from tenants.audit import SYSTEM
 
-
-def _run_seed(script: str, *arguments: str, env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, script, *arguments], cwd=REPO, env=env, check=True, capture_output=True, text=True)
+account = services.account_create(
+    actor=SYSTEM,
+    tenant=Tenant.objects.get(slug="acme"),
+    username=arguments["username"],
+    password=arguments["account_password"],
+    display_name="Reception office",
+    max_devices=3,
+)
+print(json.dumps({"account_id": account.pk}))
+"""
 
 
 @pytest.fixture
-def fleet_portal(tmp_path: Path) -> Iterator[FleetPortal]:
-    """The browser tests' live portal, seeded with a backup account too, and its environment for the agent."""
-    database_env, drop_database = _database_env(tmp_path)
-    env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(database_env, PORTAL_DATA_DIR=str(tmp_path / "data"), DEBUG="0", PYTHONUNBUFFERED="1")
-    if settings.REDIS_URL:
-        env["REDIS_URL"] = settings.REDIS_URL
-    password = secrets.token_urlsafe(12)
-    try:
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
-        _run_seed("tests/browser/seed_world.py", password, env=env)
-        _run_seed("tests/browser/seed_fleet.py", "acme", ACCOUNT, ACCOUNT_PASSWORD, env=env)
-        port = _free_port()
-        log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "portal.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--ws",
-                "websockets-sansio",
-                "--ws-per-message-deflate",
-                "false",
-                "--no-access-log",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/login/", timeout=1)  # noqa: S310 - our own server
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError((tmp_path / "server.log").read_text()) from None
-                time.sleep(0.2)
-        try:
-            yield FleetPortal(url=url, password=password, env=env)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
-            log.close()
-    finally:
-        drop_database()
+def fleet_portal(tmp_path: Path, password: str) -> Iterator[LivePortal]:
+    arguments = {"password": password, "username": ACCOUNT, "account_password": ACCOUNT_PASSWORD}
+    with live_portal(tmp_path / "portal", seed=SEED_WORLD + SEED_FLEET, seed_arguments=arguments) as portal:
+        yield portal
 
 
 @pytest.fixture
@@ -107,7 +61,7 @@ def documents(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def agent(fleet_portal: FleetPortal, documents: Path, tmp_path: Path) -> Iterator[subprocess.Popen]:
+def agent(fleet_portal: LivePortal, documents: Path, tmp_path: Path) -> Iterator[subprocess.Popen]:
     """The real reference agent: it registers with the account's password, connects and reports."""
     log = open(tmp_path / "agent.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
@@ -158,12 +112,12 @@ def _open_until(page, url: str, selector: str, agent: subprocess.Popen, what: st
         time.sleep(0.5)
 
 
-def test_it_runs_a_backup_from_the_device_page_and_shows_it_live(fleet_portal, agent, browser):
+def test_it_runs_a_backup_from_the_device_page_and_shows_it_live(fleet_portal, password, agent, browser):
     context = browser.new_context()
     page = context.new_page()
     page.goto(fleet_portal.url + "/login/")
     page.fill("input[name=username]", "acme-owner")
-    page.fill("input[name=password]", fleet_portal.password)
+    page.fill("input[name=password]", password)
     page.click("main button[type=submit]")
     page.wait_for_url(fleet_portal.url + "/t/acme/")
 
