@@ -64,6 +64,12 @@ class RegistrationThrottle(AnonRateThrottle):
     rate = "30/min"
 
 
+def _device(request: Request) -> Device:
+    """Return the device that DeviceTokenAuthentication authenticated (IsDevice guarantees one)."""
+    assert isinstance(request.auth, Device)
+    return request.auth
+
+
 class RegisterSerializer(serializers.Serializer):
     tenant = serializers.SlugField()
     username = serializers.CharField(max_length=150)
@@ -126,7 +132,7 @@ class TokenRotateView(APIView):
         request=None, responses={200: inline_serializer("Token", {"token": serializers.CharField()})}, tags=["device"]
     )
     def post(self, request: Request) -> Response:
-        return Response({"token": services.device_token_rotate(device=request.auth)})
+        return Response({"token": services.device_token_rotate(device=_device(request))})
 
 
 class ProfileSerializer(serializers.Serializer):
@@ -140,7 +146,7 @@ class ProfileView(APIView):
 
     @extend_schema(responses={200: ProfileSerializer}, tags=["device"])
     def get(self, request: Request) -> Response:
-        account = request.auth.account
+        account = _device(request).account
         account.refresh_from_db(fields=["profile_secrets", "profile_secrets_version"])
         secrets = base64.b64encode(bytes(account.profile_secrets)).decode()
         return Response({"version": account.profile_secrets_version, "secrets": secrets})
@@ -155,7 +161,7 @@ class ProfileView(APIView):
             return Response(error_body("invalid", "'secrets' must be base64."), status=400)
         try:
             version = services.profile_secrets_put(
-                device=request.auth, version=serializer.validated_data["version"], secrets_blob=blob
+                device=_device(request), version=serializer.validated_data["version"], secrets_blob=blob
             )
         except services.RegistrationError as error:
             return _registration_error(error)

@@ -56,8 +56,10 @@ def _token_from(scope: dict[str, Any]) -> str:
 
 
 class DeviceConsumer(AsyncWebsocketConsumer):
-    device_pk: int | None = None
-    tenant_id: int | None = None
+    # Set once the token is checked; False again when a newer connection replaces this one.
+    authenticated = False
+    device_pk = 0
+    tenant_id = 0
 
     async def connect(self) -> None:
         subprotocol = protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in self.scope.get("subprotocols", []) else None
@@ -73,6 +75,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             device=device, channel_name=self.channel_name, ip_address=ip_address
         )
         self.device_pk, self.tenant_id, self.device_id = connected.device_pk, connected.tenant_id, device.device_id
+        self.authenticated = True
         if connected.replaced_channel:
             await self.channel_layer.send(connected.replaced_channel, {"type": "device.replaced"})
         self.limiter = protocol.RateLimiter()
@@ -86,7 +89,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         _LIVE.pop(self.channel_name, None)
-        if self.device_pk is not None:
+        if self.authenticated:
             await database_sync_to_async(services.device_disconnected)(
                 device_pk=self.device_pk, tenant_id=self.tenant_id, channel_name=self.channel_name
             )
@@ -94,7 +97,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     # --- Frames from the device -------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.device_pk is None:
+        if not self.authenticated:
             return
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > protocol.MAX_FRAME_BYTES:
@@ -186,7 +189,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         await self._deliver_commands()
 
     async def device_replaced(self, event: dict[str, Any]) -> None:
-        self.device_pk = None  # the newer connection owns the device's state now
+        self.authenticated = False  # the newer connection owns the device's state now
         await self.close(code=protocol.CLOSE_REPLACED)
 
     async def device_revoked(self, event: dict[str, Any]) -> None:

@@ -352,7 +352,8 @@ def device_disconnected(*, device_pk: int, tenant_id: int, channel_name: str) ->
 def device_hello(*, device_pk: int, hello: dict[str, Any]) -> None:
     fields = {key: str(hello.get(key, ""))[:200] for key in ("name", "os", "arch", "client_version", "timezone")}
     fields = {key: value for key, value in fields.items() if value}
-    consents = hello.get("consents") if isinstance(hello.get("consents"), dict) else {}
+    consents = hello.get("consents")
+    consents = consents if isinstance(consents, dict) else {}
     Device.objects.filter(pk=device_pk).update(consents={"allow_browse": bool(consents.get("allow_browse"))}, **fields)
 
 

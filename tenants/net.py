@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Mapping
 
 from django.conf import settings
+from django.http import HttpRequest
 
 
 def _is_trusted_proxy(address: str) -> bool:
@@ -13,10 +14,7 @@ def _is_trusted_proxy(address: str) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    for entry in settings.TRUSTED_PROXIES:
-        if ip in ipaddress.ip_network(entry, strict=False):
-            return True
-    return False
+    return any(ip in ipaddress.ip_network(entry, strict=False) for entry in settings.TRUSTED_PROXIES)
 
 
 def client_ip(remote_addr: str | None, forwarded_for: str | None) -> str | None:
@@ -37,3 +35,8 @@ def client_ip(remote_addr: str | None, forwarded_for: str | None) -> str | None:
 
 def request_client_ip(meta: Mapping[str, str]) -> str | None:
     return client_ip(meta.get("REMOTE_ADDR"), meta.get("HTTP_X_FORWARDED_FOR"))
+
+
+def axes_client_ip(request: HttpRequest) -> str | None:
+    """Give django-axes the client's own address, so that a lockout behind a proxy hits one client."""
+    return request_client_ip(request.META)

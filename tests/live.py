@@ -156,6 +156,7 @@ def live_portal(
     extra_env: dict[str, str] | None = None,
     seed: str = "",
     seed_arguments: dict[str, Any] | None = None,
+    portal_class: type[LivePortal] = LivePortal,
 ) -> Iterator[LivePortal]:
     """Migrate a fresh database, run `seed` in it, start uvicorn and yield; stop and clean up after."""
     root.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,7 @@ def live_portal(
         redis_url = redis_url if redis_url is not None else (settings.REDIS_URL if use_postgres else "")
         if redis_url:
             env["REDIS_URL"] = redis_url
-        portal = LivePortal(root=root, env=env)
+        portal = portal_class(root=root, env=env)
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True, timeout=180)
         if seed:
             portal.seeded = portal.django(seed, **(seed_arguments or {}))

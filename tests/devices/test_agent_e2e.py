@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,22 +25,16 @@ import pytest
 
 from devices.agent import __version__
 from devices.agent.backup import stable_id
+from tests.live import REPO, LivePortal, live_portal, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-horse-battery-staple"
 
-# Run with the portal's environment: Django set up on the portal's own database.
-DJANGO = """
-import json, os, sys
-sys.path.insert(0, os.getcwd())
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-import django
-django.setup()
+# Imports for the snippets below, which run inside the portal (tests/live.py).
+IMPORTS = """
 from devices import services
 from devices.models import Command, Device
 from tenants import audit
 from tenants.models import Tenant
-arguments = json.loads(sys.argv[1])
 """
 
 SEED = """
@@ -70,93 +62,30 @@ print(json.dumps(True))
 """
 
 
-@dataclass
-class Portal:
-    url: str
-    env: dict[str, str]
-    database: Path
+class Portal(LivePortal):
+    """The live portal, with the snippets' imports and read-only SQL on its SQLite file."""
 
     def django(self, script: str, **arguments: Any) -> Any:
-        done = subprocess.run(
-            [sys.executable, "-c", DJANGO + script, json.dumps(arguments)],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return super().django(IMPORTS + script, **arguments)
 
     def rows(self, sql: str, *parameters: Any) -> list[tuple]:
-        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=10) as connection:
+        with sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=10) as connection:
             return connection.execute(sql, parameters).fetchall()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 20, what: str = "the condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
-    root = tmp_path_factory.mktemp("portal")
-    env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-    # A short heartbeat interval, where the portal reads one, shows the agent keeps to it while busy.
-    env.update(PORTAL_DATA_DIR=str(root / "data"), DEBUG="0", PYTHONUNBUFFERED="1", DEVICE_HEARTBEAT_INTERVAL="2")
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True, timeout=120)
-    port = _free_port()
-    instance = Portal(url=f"http://127.0.0.1:{port}", env=env, database=root / "data" / "portal.sqlite3")
-    instance.django(SEED, password=PASSWORD)
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "portal.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets-sansio",
-            "--ws-per-message-deflate",
-            "false",
-            "--no-access-log",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(instance.url + "/login/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError((root / "server.log").read_text()) from None
-                time.sleep(0.1)
-        yield instance
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
+    # The embedded default (SQLite, in-memory layer), and a short heartbeat interval to show that the
+    # agent keeps to it while busy.
+    with live_portal(
+        tmp_path_factory.mktemp("portal"),
+        use_postgres=False,
+        extra_env={"DEVICE_HEARTBEAT_INTERVAL": "2"},
+        seed=IMPORTS + SEED,
+        seed_arguments={"password": PASSWORD},
+        portal_class=Portal,
+    ) as live:
+        yield live  # type: ignore[misc]
 
 
 @dataclass

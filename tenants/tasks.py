@@ -1,0 +1,13 @@
+"""Celery tasks of the tenancy app. Each takes ids, re-fetches what it needs and calls one function."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from tenants.health import WORKER, heartbeat_record, this_process_label
+
+
+@shared_task(ignore_result=True)
+def record_heartbeat() -> None:
+    """Record that a worker is alive; beat sends this every 30 s (migration 0003 schedules it)."""
+    heartbeat_record(service=WORKER, detail=this_process_label())
