@@ -38,6 +38,10 @@ def schedule_every(apps: Any, *, name: str, task: str, seconds: int, description
 
 
 def unschedule(apps: Any, *, name: str) -> None:
+    """Remove a schedule, and its interval unless another task still uses that interval."""
+    interval_schedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     periodic_task = apps.get_model("django_celery_beat", "PeriodicTask")
+    interval_ids = list(periodic_task.objects.filter(name=name).values_list("interval_id", flat=True))
     periodic_task.objects.filter(name=name).delete()
+    interval_schedule.objects.filter(pk__in=interval_ids, periodictask__isnull=True).delete()
     _tell_running_beat(apps)
