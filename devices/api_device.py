@@ -16,13 +16,13 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from devices import services
 from devices.models import Device
 from tenants.api_errors import error_body
 from tenants.net import request_client_ip
+from tenants.throttling import ResilientAnonRateThrottle
 
 
 class DeviceTokenAuthentication(BaseAuthentication):
@@ -59,7 +59,7 @@ class IsDevice(BasePermission):
         return isinstance(request.auth, Device)
 
 
-class RegistrationThrottle(AnonRateThrottle):
+class RegistrationThrottle(ResilientAnonRateThrottle):
     scope = "device_registration"
     rate = "30/min"
 
