@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from devices.models import BackupAccount
+from devices.services import account_create, account_reset_password
 from tenants.audit import Actor, audit_record
 from tenants.models import Membership, Tenant
 from tenants.roles import Role
@@ -83,3 +87,56 @@ def _forget_failed_logins(username: str) -> None:
     from axes.utils import reset
 
     reset(username=username)
+
+
+DEMO_ACCOUNT_USERNAME = "demo-office"
+DEMO_DEVICE_FILES = 40
+
+
+@dataclass(frozen=True)
+class DemoFleet:
+    """A backup account and, per demo device, the folders its reference agent protects and fills."""
+
+    username: str
+    password: str
+    device_roots: list[Path]
+
+
+def demo_fleet_prepare(*, data_dir: Path, devices: int) -> DemoFleet:
+    """Create the demo backup account and folders for `devices` reference agents to back up.
+
+    The account's password is random, made once and kept in data_dir (mode 0600): the agents keep
+    their device tokens across restarts, and need the same password only to register again.
+    """
+    fleet_dir = data_dir / "demo-fleet"
+    fleet_dir.mkdir(parents=True, exist_ok=True)
+    password_file = fleet_dir / "account-password"
+    tenant = Tenant.objects.get(slug=DEMO_TENANT_SLUG)
+    account = BackupAccount.objects.filter(tenant=tenant, username=DEMO_ACCOUNT_USERNAME).first()
+    if account is None or not password_file.exists():
+        password = demo_password()
+        if account is None:
+            account_create(
+                actor=DEMO_ACTOR,
+                tenant=tenant,
+                username=DEMO_ACCOUNT_USERNAME,
+                password=password,
+                display_name="Demo office",
+                email="office@demo.invalid",
+                allow_admin_password_reset=True,
+            )
+        else:
+            account_reset_password(actor=DEMO_ACTOR, account=account, password=password)
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password)
+    roots = []
+    for number in range(1, devices + 1):
+        root = fleet_dir / f"device-{number}"
+        documents = root / "documents"
+        if not documents.exists():
+            documents.mkdir(parents=True)
+            for index in range(DEMO_DEVICE_FILES):
+                (documents / f"report-{index:03d}.txt").write_text(f"Demo device {number}, report {index}\n" * 400)
+        roots.append(root)
+    return DemoFleet(username=DEMO_ACCOUNT_USERNAME, password=password_file.read_text().strip(), device_roots=roots)

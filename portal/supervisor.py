@@ -31,6 +31,8 @@ class ChildSpec:
     argv: Sequence[str]
     # A line of output that shows the child is ready to serve; on_ready is called when it appears.
     ready_text: str = ""
+    # An essential child that exits stops everything; another (a demo device agent) may just end.
+    essential: bool = True
 
 
 @dataclass
@@ -127,12 +129,17 @@ class Supervisor:
 
     def _watch(self) -> bool:
         """Wait until a stop is requested (return False) or a child exits (return True)."""
+        reported: set[str] = set()
         while not self._stop_requested.wait(0.2):
             for child in self._children:
                 code = child.process.poll()
-                if code is not None:
+                if code is None or child.spec.name in reported:
+                    continue
+                if child.spec.essential:
                     self.say("run", f"{child.spec.name} stopped on its own ({_describe(code)}); stopping the others")
                     return True
+                self.say("run", f"{child.spec.name} ended ({_describe(code)}); the rest keep running")
+                reported.add(child.spec.name)
         return False
 
     def _on_signal(self, signum: int, frame: object) -> None:

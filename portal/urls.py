@@ -14,6 +14,7 @@ urlpatterns = [
     path("t/<slug:tenant_slug>/", include("tenants.urls")),
     path("t/<slug:tenant_slug>/", include("devices.urls")),
     path("api/v1/", include("tenants.api_urls")),
+    path("api/v1/", include("devices.api_urls")),
     path("api/device/v1/", include("devices.api_device_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

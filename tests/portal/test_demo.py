@@ -143,6 +143,24 @@ def test_it_stops_everything_when_one_child_exits():
     assert not any(_group_alive(pid) for pid in pids)
 
 
+def test_it_lets_a_child_that_is_not_essential_end_alone():
+    out = io.StringIO()
+    supervisor = Supervisor(
+        [
+            ChildSpec("device", python("import sys; sys.exit(0)"), essential=False),
+            ChildSpec("quitter", python("import time, sys; time.sleep(2); sys.exit(3)")),
+        ],
+        stop_timeout=1,
+        out=out,
+    )
+
+    assert supervisor.run() == 1
+    output = out.getvalue()
+    assert "device ended (exit 0); the rest keep running" in output
+    # The essential child was not stopped early: it ran until it exited by itself.
+    assert "quitter stopped on its own (exit 3)" in output
+
+
 def test_it_prefixes_each_line_with_the_name_of_its_process():
     out = io.StringIO()
     ready: list[str] = []
@@ -268,7 +286,7 @@ def test_it_runs_the_demo_and_stops_every_process_on_ctrl_c(tmp_path, settings):
         password = output.wait_for(r"password +(\S+)", timeout=60).group(1)
         assert "Created the demo owner" in output.text
         assert f"{base_url}api/docs/" in output.text
-        for name in ("web", "worker", "beat"):
+        for name in ("web", "worker", "beat", "agent-1", "agent-2", "agent-3"):
             child_pids.append(int(output.wait_for(rf"started {name} \(pid (\d+)\)", timeout=10).group(1)))
 
         wait_for_page(base_url + "login/", timeout=30)
@@ -289,6 +307,12 @@ def test_it_runs_the_demo_and_stops_every_process_on_ctrl_c(tmp_path, settings):
         )
         assert heartbeat is not None, "no heartbeat from the worker:\n" + output.text
         assert "Sending due task platform heartbeat" in output.text
+
+        # The three demo devices are real reference agents, registered and live.
+        live = wait_for_row(
+            database, "SELECT 1 FROM devices_device WHERE is_live GROUP BY is_live HAVING COUNT(*) = 3", timeout=30
+        )
+        assert live is not None, "the demo devices did not come online:\n" + output.text
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=30) == 0, output.text

@@ -1,4 +1,4 @@
-"""Run the whole embedded portal: migrate, prepare the demo tenant, then supervise web, worker and beat."""
+"""Run the whole embedded portal: migrate, prepare the demo, then supervise web, worker, beat and demo devices."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from portal.demo import demo_prepare
+from portal.demo import DEMO_TENANT_SLUG, DemoFleet, demo_fleet_prepare, demo_prepare
 from portal.supervisor import ChildSpec, Supervisor
 
 
@@ -65,6 +65,22 @@ def beat_argv() -> list[str]:
     ]
 
 
+DEMO_AGENT_PASSWORD_VARIABLE = "DEMO_AGENT_PASSWORD"
+
+
+def agent_argv(*, server: str, fleet: DemoFleet, root: Path, number: int) -> list[str]:
+    """Return the command line of one demo device: the real reference agent, on demo folders."""
+    argv = [
+        sys.executable, "-m", "devices.agent",
+        "--server", server, "--tenant", DEMO_TENANT_SLUG, "--username", fleet.username,
+        "--password-env", DEMO_AGENT_PASSWORD_VARIABLE,
+        "--state-dir", str(root / "state"), "--name", f"demo-pc-{number}",
+        "--protect", str(root / "documents"), "--vault-dir", str(root / "vault"), "--quiet",
+    ]  # fmt: skip
+    # One device lets administrators browse its files, so the demo shows both cases.
+    return [*argv, "--allow-browse"] if number == 1 else argv
+
+
 def ensure_port_free(host: str, port: int) -> None:
     """Fail early, and clearly, when another program listens on the address the web server needs."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -90,6 +106,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-worker", action="store_true", help="Run the web server only: no Celery worker and no beat."
         )
+        parser.add_argument(
+            "--agents", type=int, default=3, help="Reference device agents to run as demo devices (default 3)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
@@ -102,6 +121,8 @@ class Command(BaseCommand):
         # needed; the folder only has to exist, or WhiteNoise warns at every start.
         Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
         login = demo_prepare()
+        fleet = demo_fleet_prepare(data_dir=Path(settings.DATA_DIR), devices=max(0, options["agents"]))
+        devices = len(fleet.device_roots)
 
         display_host = f"[{host}]" if ":" in host else host
         url = f"http://{display_host}:{port}/"
@@ -121,6 +142,7 @@ class Command(BaseCommand):
                     f"    username  {login.username}",
                     f"    password  {login.password}",
                     "  The password is random and changes every time this command starts.",
+                    *([f"  Demo devices: {devices} agents of backup account {fleet.username}."] if devices else []),
                     "",
                     "  Data is kept in " + str(settings.DATA_DIR) + ". Press Ctrl-C to stop everything.",
                     "",
@@ -132,10 +154,19 @@ class Command(BaseCommand):
         specs = [ChildSpec("web", web_argv(host=host, port=port), ready_text="Uvicorn running on")]
         if not options["no_worker"]:
             specs += [ChildSpec("worker", worker_argv()), ChildSpec("beat", beat_argv())]
+        # The agents run on this machine: they reach a server listening everywhere through loopback.
+        listens_everywhere = host in ("0.0.0.0", "::")  # noqa: S104 - a comparison, not a binding
+        server = f"http://{'127.0.0.1' if listens_everywhere else display_host}:{port}"
+        specs += [
+            ChildSpec(
+                f"agent-{number}", agent_argv(server=server, fleet=fleet, root=root, number=number), essential=False
+            )
+            for number, root in enumerate(fleet.device_roots, start=1)
+        ]
 
         supervisor = Supervisor(
             specs,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", DEMO_AGENT_PASSWORD_VARIABLE: fleet.password},
             cwd=settings.BASE_DIR,
             on_ready=lambda name: supervisor.say("run", f"ready: {url} (log in as {login.username})"),
         )
