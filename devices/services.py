@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from devices import keys, live
 from devices.models import BackupAccount, Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
-from tenants.audit import Actor, audit_record
+from tenants.audit import Actor, audit_event_build, audit_record, audit_record_many
 from tenants.models import Tenant
 
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -484,15 +484,25 @@ def commands_issue_bulk(
         ],
         batch_size=1000,
     )
-    for device, command in zip(devices, commands, strict=True):
-        audit_record(
-            actor=actor,
-            tenant=tenant,
-            action="command.issued",
-            target_type="command",
-            target_id=str(command.pk),
-            after={"device": device.name, "device_pk": device.pk, "kind": kind, "parameters": parameters, "bulk": True},
-        )
+    audit_record_many(
+        [
+            audit_event_build(
+                actor=actor,
+                tenant=tenant,
+                action="command.issued",
+                target_type="command",
+                target_id=str(command.pk),
+                after={
+                    "device": device.name,
+                    "device_pk": device.pk,
+                    "kind": kind,
+                    "parameters": parameters,
+                    "bulk": True,
+                },
+            )
+            for device, command in zip(devices, commands, strict=True)
+        ]
+    )
     channels = [device.connection_channel for device in devices if device.connection_channel]
     transaction.on_commit(lambda: live.send_to_device_channels(channels, {"type": "device.commands"}))
     return commands

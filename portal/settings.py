@@ -186,6 +186,15 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = "UTC"
 
+# --- Audit log ------------------------------------------------------------------------------
+
+# The Ed25519 key that signs audit digests (base64 of 32 random bytes). Keep it out of the database
+# and its backups: whoever holds it could sign a rewritten history. Empty: the embedded set-up
+# generates one into DATA_DIR/audit_signing_key (mode 0600).
+AUDIT_SIGNING_KEY = env_str("AUDIT_SIGNING_KEY")
+# Signed digests are also appended here, as JSON lines, for an external copy.
+AUDIT_DIGEST_FILE = env_str("AUDIT_DIGEST_FILE", str(DATA_DIR / "audit-digests.jsonl"))
+
 # --- Devices --------------------------------------------------------------------------------
 
 # Seconds between a device's heartbeats; a device silent for three intervals is offline.

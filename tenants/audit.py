@@ -16,6 +16,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from tenants.audit_chain import chain_append, chain_name, normalise_ip
 from tenants.models import AuditEvent, Tenant
 from tenants.net import request_client_ip
 
@@ -63,6 +64,38 @@ def audit_group_name(tenant_id: int) -> str:
     return f"tenant.{tenant_id}.audit"
 
 
+def audit_event_build(
+    *,
+    actor: Actor,
+    tenant: Tenant | None,
+    action: str,
+    target: Any = None,
+    target_type: str = "",
+    target_id: str = "",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Return an unsaved audit event; audit_record() or audit_record_many() links and saves it."""
+    if target is not None:
+        target_type = target_type or target._meta.model_name
+        target_id = target_id or str(target.pk)
+    return AuditEvent(
+        tenant=tenant,
+        chain=chain_name(tenant.pk if tenant is not None else None),
+        actor=actor.user,
+        actor_label=actor.display[:150],
+        actor_role=actor.role,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        ip_address=normalise_ip(actor.ip_address),
+        user_agent=actor.user_agent[:300],
+        before=before,
+        after=after,
+        created_at=timezone.now(),
+    )
+
+
 def audit_record(
     *,
     actor: Actor,
@@ -75,26 +108,28 @@ def audit_record(
     after: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Record one audit event, and push it to the tenant's live audit stream after commit."""
-    if target is not None:
-        target_type = target_type or target._meta.model_name
-        target_id = target_id or str(target.pk)
-    event = AuditEvent.objects.create(
+    event = audit_event_build(
+        actor=actor,
         tenant=tenant,
-        actor=actor.user,
-        actor_label=actor.display,
-        actor_role=actor.role,
         action=action,
+        target=target,
         target_type=target_type,
         target_id=target_id,
-        ip_address=actor.ip_address,
-        user_agent=actor.user_agent,
         before=before,
         after=after,
-        created_at=timezone.now(),
     )
+    with transaction.atomic():
+        chain_append([event])
     if tenant is not None:
         transaction.on_commit(lambda: _push_live(event))
     return event
+
+
+def audit_record_many(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Record many events of one tenant at once (bulk actions): one chain lock, batched inserts."""
+    with transaction.atomic():
+        chain_append(events)
+    return events
 
 
 def audit_event_as_dict(event: AuditEvent) -> dict[str, Any]:

@@ -109,10 +109,16 @@ class AuditEvent(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(db_index=True)
+    # The hash chain (tenants/audit_chain.py): one chain per tenant and one for the platform.
+    chain = models.CharField(max_length=32)
+    sequence = models.PositiveBigIntegerField()
+    previous_hash = models.CharField(max_length=64)
+    row_hash = models.CharField(max_length=64)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["tenant", "-created_at", "-id"], name="audit_tenant_recent")]
+        constraints = [models.UniqueConstraint(fields=["chain", "sequence"], name="audit_one_row_per_link")]
 
     def save(self, *args: object, **kwargs: object) -> None:
         if self.pk is not None:
@@ -121,6 +127,32 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
         raise RuntimeError("Audit events are append-only.")
+
+
+class AuditChainHead(models.Model):
+    """The last link of one audit chain. Writers lock this row, so a chain never forks."""
+
+    chain = models.CharField(max_length=32, unique=True)
+    sequence = models.PositiveBigIntegerField(default=0)
+    head_hash = models.CharField(max_length=64)
+
+
+class AuditDigest(models.Model):
+    """A signed statement of a chain's head at a moment: what verify_audit checks the chain against.
+
+    Signed with a key kept outside the database (AUDIT_SIGNING_KEY), so that whoever can rewrite the
+    table cannot sign a rewritten history.
+    """
+
+    chain = models.CharField(max_length=32, db_index=True)
+    sequence = models.PositiveBigIntegerField()
+    head_hash = models.CharField(max_length=64)
+    signed_at = models.DateTimeField()
+    key_id = models.CharField(max_length=16)
+    signature = models.CharField(max_length=128)
+
+    class Meta:
+        ordering = ["chain", "sequence"]
 
 
 class ServiceHeartbeat(models.Model):

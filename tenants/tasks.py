@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from tenants.audit_chain import digests_sign
 from tenants.health import WORKER, heartbeat_record, this_process_label
 
 
@@ -11,3 +12,9 @@ from tenants.health import WORKER, heartbeat_record, this_process_label
 def record_heartbeat() -> None:
     """Record that a worker is alive; beat sends this every 30 s (migration 0003 schedules it)."""
     heartbeat_record(service=WORKER, detail=this_process_label())
+
+
+@shared_task(ignore_result=True)
+def sign_audit_digests() -> int:
+    """Sign the head of every audit chain that grew; beat sends this every 5 minutes (migration 0006)."""
+    return len(digests_sign())

@@ -16,6 +16,7 @@ urlpatterns = [
     path("settings/security/", views.settings_security, name="tenant-settings-security"),
     path("audit/", views.audit_log, name="tenant-audit"),
     path("audit/export.csv", views.audit_export, name="tenant-audit-export"),
+    path("audit/verify/", views.audit_verify, name="tenant-audit-verify"),
     path("api-keys/", views.api_keys, name="tenant-api-keys"),
     path("api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="tenant-api-key-revoke"),
 ]

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from tenants import selectors, services
 from tenants.access import TenantHttpRequest, tenant_route
 from tenants.audit import actor_from_request
+from tenants.audit_chain import chains_verify
 from tenants.forms import ApiKeyForm, AuditFilterForm, InviteForm, LogoForm, RoleForm, SecurityForm, TenantSettingsForm
 from tenants.models import AuditEvent
 from tenants.roles import Role, role_allows
@@ -289,6 +290,13 @@ def audit_export(request: TenantHttpRequest, tenant_slug: str) -> StreamingHttpR
     response = StreamingHttpResponse(_audit_csv_rows(events), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{tenant_slug}-audit.csv"'
     return response
+
+
+@tenant_route(read="audit.view")
+@require_http_methods(["GET"])
+def audit_verify(request: TenantHttpRequest, tenant_slug: str) -> HttpResponse:
+    (report,) = chains_verify(tenant_id=request.tenant.pk)
+    return render(request, "tenants/_audit_verification.html", {"report": report})
 
 
 # --- API keys -------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ break a test transaction on PostgreSQL. So these tests commit their data (`trans
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 
 import pytest
 import schemathesis
 from django.core.cache import cache
 from django.core.wsgi import get_wsgi_application
+from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from rest_framework.throttling import SimpleRateThrottle
@@ -31,6 +33,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from devices import services as device_services
+from devices.models import Job, ProtectedItem, StorageVault
 from tenants import services
 from tenants.audit import SYSTEM
 from tenants.models import Membership
@@ -67,10 +71,33 @@ def seeded(acme, globex) -> Seeded:
         ]
         # Leave out acme's owner: removing or demoting the caller would end the run's access early.
         members = Membership.objects.filter(tenant=cast.tenant).exclude(user=acme.owner)
+        # A backup account with one device that has a protected item, a vault, a command and a job.
+        slug = cast.tenant.slug
+        l_key_hex = "ab" * 24
+        account = device_services.account_create(
+            actor=SYSTEM, tenant=cast.tenant, username=f"{slug}-customer", l_key_hex=l_key_hex,
+            allow_admin_password_reset=True,
+        )  # fmt: skip
+        device = device_services.device_register(
+            tenant_slug=slug, username=account.username, l_key_hex=l_key_hex, device_id=f"{slug}-device-0001",
+            inventory={"name": f"{slug}-laptop"}, ip_address="192.0.2.1",
+        ).device  # fmt: skip
+        ProtectedItem.objects.create(
+            tenant=cast.tenant, device=device, item_id="documents", name="Docs", engine="files"
+        )
+        StorageVault.objects.create(tenant=cast.tenant, account=account, vault_id="vault-1", name="Office NAS")
+        command = device_services.command_issue(actor=SYSTEM, device=device, kind="ping")
+        job = Job.objects.create(
+            tenant=cast.tenant, device=device, job_id=uuid.uuid4(), command=command, started_at=timezone.now()
+        )
         return {
             "membership_id": list(members.values_list("pk", flat=True)),
             "invitation_id": [issued.invitation.pk for issued in invitations],
             "tenant_id": [cast.tenant.pk],
+            "account_id": [account.pk],
+            "device_pk": [device.pk],
+            "command_pk": [command.pk],
+            "job_pk": [job.pk],
         }
 
     return Seeded(

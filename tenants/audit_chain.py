@@ -1,0 +1,255 @@
+"""The tamper-evident audit log: hash chains, signed digests and their verification.
+
+Each tenant's audit events form one chain and platform-level events another. Every row stores
+
+    row_hash = SHA-256( bytes.fromhex(previous_hash) || canonical_encoding(row) )
+
+with previous_hash = 64 zeros for the first row. canonical_encoding (documented in docs/audit.md)
+is UTF-8 JSON of the fields below with sorted keys and no spaces. A periodic task signs each chain's
+head with an Ed25519 key that lives outside the database; `manage.py verify_audit` recomputes every
+chain and checks it against those signatures, naming the first row that was modified, deleted or
+inserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from tenants.models import AuditChainHead, AuditDigest, AuditEvent
+
+GENESIS = "0" * 64
+PLATFORM_CHAIN = "platform"
+HASHED_FIELDS = (
+    "chain",
+    "sequence",
+    "tenant_id",
+    "actor_id",
+    "actor_label",
+    "actor_role",
+    "action",
+    "target_type",
+    "target_id",
+    "ip_address",
+    "user_agent",
+    "before",
+    "after",
+    "created_at",
+)
+
+
+def chain_name(tenant_id: int | None) -> str:
+    return PLATFORM_CHAIN if tenant_id is None else f"tenant:{tenant_id}"
+
+
+def normalise_ip(value: str | None) -> str | None:
+    """Return an address as the database will give it back (IPv6 compressed), so hashes agree."""
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_encoding(event: AuditEvent) -> bytes:
+    """Return the bytes a row's hash covers: its fields as sorted, compact UTF-8 JSON."""
+    document: dict[str, Any] = {name: getattr(event, name) for name in HASHED_FIELDS}
+    document["created_at"] = _timestamp(event.created_at)
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def link_hash(previous_hash: str, event: AuditEvent) -> str:
+    return hashlib.sha256(bytes.fromhex(previous_hash) + canonical_encoding(event)).hexdigest()
+
+
+def chain_append(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Link new, unsaved events of one chain to its head and save them; the caller's transaction
+    holds the head's row lock until it commits, so concurrent writers queue instead of forking."""
+    if not events:
+        return events
+    chain = events[0].chain
+    assert transaction.get_connection().in_atomic_block, "audit events are written inside a transaction"
+    AuditChainHead.objects.get_or_create(chain=chain, defaults={"sequence": 0, "head_hash": GENESIS})
+    head = AuditChainHead.objects.select_for_update().get(chain=chain)
+    for event in events:
+        head.sequence += 1
+        event.sequence, event.previous_hash = head.sequence, head.head_hash
+        event.row_hash = link_hash(event.previous_hash, event)
+        head.head_hash = event.row_hash
+    if len(events) == 1:
+        events[0].save()
+    else:
+        AuditEvent.objects.bulk_create(events, batch_size=1000)
+    head.save(update_fields=["sequence", "head_hash"])
+    return events
+
+
+# --- Signing --------------------------------------------------------------------------------
+
+
+def _signing_key() -> Ed25519PrivateKey:
+    """Return the digest signing key: AUDIT_SIGNING_KEY (base64 of 32 raw bytes), or for the embedded
+    set-up a key generated once into the data directory with mode 0600."""
+    raw = settings.AUDIT_SIGNING_KEY
+    if not raw:
+        path = Path(settings.DATA_DIR) / "audit_signing_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(base64.b64encode(os.urandom(32)).decode())
+        raw = path.read_text().strip()
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(raw))
+
+
+def public_key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def digest_message(chain: str, sequence: int, head_hash: str, signed_at: datetime) -> bytes:
+    document = {"chain": chain, "head_hash": head_hash, "sequence": sequence, "signed_at": _timestamp(signed_at)}
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def digests_sign() -> list[AuditDigest]:
+    """Sign the head of every chain that grew since its last digest; also append them to the export file."""
+    key = _signing_key()
+    key_id = public_key_id(key.public_key())
+    signed = []
+    for head in AuditChainHead.objects.order_by("chain"):
+        last = AuditDigest.objects.filter(chain=head.chain).order_by("-sequence").first()
+        if last is not None and last.sequence == head.sequence:
+            continue
+        signed_at = timezone.now()
+        signature = key.sign(digest_message(head.chain, head.sequence, head.head_hash, signed_at))
+        signed.append(
+            AuditDigest.objects.create(
+                chain=head.chain,
+                sequence=head.sequence,
+                head_hash=head.head_hash,
+                signed_at=signed_at,
+                key_id=key_id,
+                signature=base64.b64encode(signature).decode(),
+            )
+        )
+    _export(signed)
+    return signed
+
+
+def _export(digests: Iterable[AuditDigest]) -> None:
+    """Append digests to a JSON-lines file outside the database (AUDIT_DIGEST_FILE), a second copy
+    that a database rewrite cannot reach."""
+    lines = [
+        json.dumps(
+            {
+                "chain": digest.chain,
+                "sequence": digest.sequence,
+                "head_hash": digest.head_hash,
+                "signed_at": _timestamp(digest.signed_at),
+                "key_id": digest.key_id,
+                "signature": digest.signature,
+            },
+            sort_keys=True,
+        )
+        for digest in digests
+    ]
+    if lines:
+        path = Path(settings.AUDIT_DIGEST_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+
+# --- Verification ---------------------------------------------------------------------------
+
+
+@dataclass
+class ChainReport:
+    chain: str
+    rows: int = 0
+    digests_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+def _events_in_order(chain: str) -> Iterator[AuditEvent]:
+    return AuditEvent.objects.filter(chain=chain).order_by("sequence", "id").iterator(chunk_size=2000)
+
+
+def chain_verify(chain: str, *, public_key: Ed25519PublicKey | None = None) -> ChainReport:
+    """Recompute one chain and check it against its signed digests; report the first break."""
+    report = ChainReport(chain=chain)
+    public_key = public_key or _signing_key().public_key()
+    digests = {digest.sequence: digest for digest in AuditDigest.objects.filter(chain=chain)}
+    for signed in digests.values():
+        message = digest_message(signed.chain, signed.sequence, signed.head_hash, signed.signed_at)
+        try:
+            public_key.verify(base64.b64decode(signed.signature), message)
+        except (InvalidSignature, ValueError):
+            report.problems.append(f"digest at sequence {signed.sequence} has a bad signature")
+    expected_previous, expected_sequence = GENESIS, 1
+    for event in _events_in_order(chain):
+        report.rows += 1
+        if event.sequence != expected_sequence:
+            what = "deleted" if event.sequence > expected_sequence else "inserted"
+            report.problems.append(
+                f"row id {event.pk}: sequence {event.sequence} where {expected_sequence} was expected "
+                f"(a row was {what} before it)"
+            )
+            return report
+        if event.previous_hash != expected_previous:
+            report.problems.append(f"row id {event.pk} (sequence {event.sequence}) does not link to the row before it")
+            return report
+        if link_hash(event.previous_hash, event) != event.row_hash:
+            report.problems.append(f"row id {event.pk} (sequence {event.sequence}) was modified")
+            return report
+        digest = digests.get(event.sequence)
+        if digest is not None:
+            report.digests_checked += 1
+            if digest.head_hash != event.row_hash:
+                report.problems.append(
+                    f"row id {event.pk} (sequence {event.sequence}) differs from the signed digest of "
+                    f"{_timestamp(digest.signed_at)}: the chain was rewritten"
+                )
+                return report
+        expected_previous, expected_sequence = event.row_hash, expected_sequence + 1
+    last_signed = max(digests, default=0)
+    if last_signed >= expected_sequence:
+        report.problems.append(
+            f"the chain ends at sequence {expected_sequence - 1}, but a digest signed sequence {last_signed}: "
+            "rows were deleted from its end"
+        )
+    return report
+
+
+def chains_verify(*, tenant_id: int | None = None) -> list[ChainReport]:
+    """Verify one tenant's chain, or every chain (platform included) when no tenant is given."""
+    if tenant_id is not None:
+        return [chain_verify(chain_name(tenant_id))]
+    chains = set(AuditChainHead.objects.values_list("chain", flat=True))
+    chains |= set(AuditEvent.objects.values_list("chain", flat=True).distinct())
+    return [chain_verify(chain) for chain in sorted(chains)]
