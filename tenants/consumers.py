@@ -3,6 +3,9 @@
 The tenant is resolved once, on connect, through the same selector and permission table as HTTP
 requests; a person who is not a member (or lacks the permission) is refused with close code 4404
 or 4403, which says nothing about whether the tenant exists.
+
+Platform staff connect only through a live access grant covering the socket's permission; their
+socket joins the grant's group, so revoking or expiring the grant closes it at once (4403).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from django.http import Http404
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.models import Device
 
-from tenants.audit import audit_group_name
-from tenants.roles import role_allows
+from tenants.audit import Actor, audit_group_name
+from tenants.net import client_ip
 from tenants.selectors import tenant_access_get
+from tenants.selectors_access import StaffAccessDenied
+from tenants.services_access import grant_group_name, staff_access_denied, staff_access_used
 
 CLOSE_NOT_FOUND = 4404
 CLOSE_FORBIDDEN = 4403
@@ -30,14 +35,51 @@ def _session_verified(session: Any, user: Any) -> bool:
     return device is not None and device.user_id == user.pk
 
 
+def _staff_actor(scope: Any) -> Actor:
+    client = scope.get("client") or (None, None)
+    headers = dict(scope.get("headers") or [])
+    forwarded = headers.get(b"x-forwarded-for", b"").decode(errors="replace") or None
+    return Actor(
+        user=scope.get("user"),
+        role="platform_staff",
+        ip_address=client_ip(client[0], forwarded),
+        user_agent=headers.get(b"user-agent", b"").decode(errors="replace")[:300],
+    )
+
+
 @database_sync_to_async
-def _resolve_access(user: Any, session: Any, slug: str) -> tuple[int, str, bool] | None:
+def _resolve_access(scope: Any, slug: str, permission: str) -> tuple[int, int | None, bool] | None:
+    """Return (tenant id, grant id, refused) for the socket's user, or None when nothing is found."""
+    user, session, path = scope.get("user"), scope.get("session"), scope.get("path", "")
     try:
         access = tenant_access_get(user=user, slug=slug)
+    except StaffAccessDenied as denied:
+        staff_access_denied(
+            actor=_staff_actor(scope),
+            tenant=denied.tenant,
+            grant=None,
+            path=path,
+            method="WEBSOCKET",
+            reason="no_grant",
+        )
+        return None
     except Http404:
         return None
     verified = not access.tenant.require_two_factor or _session_verified(session, user)
-    return access.tenant.pk, access.membership.role, access.tenant.is_suspended or not verified
+    refused = access.tenant.is_suspended or not verified or not access.allows(permission)
+    if access.grant is not None:
+        if refused:
+            staff_access_denied(
+                actor=_staff_actor(scope),
+                tenant=access.tenant,
+                grant=access.grant,
+                path=path,
+                method="WEBSOCKET",
+                reason="not_covered",
+            )
+        else:
+            staff_access_used(actor=_staff_actor(scope), grant=access.grant, path=path, method="WEBSOCKET")
+    return access.tenant.pk, access.grant.pk if access.grant is not None else None, refused
 
 
 class TenantSocketConsumer(AsyncJsonWebsocketConsumer):
@@ -56,16 +98,18 @@ class TenantSocketConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         slug = self.scope["url_route"]["kwargs"]["tenant_slug"]
         authenticated = user is not None and user.is_authenticated
-        access = await _resolve_access(user, self.scope.get("session"), slug) if authenticated else None
+        access = await _resolve_access(self.scope, slug, self.permission) if authenticated else None
         if access is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        tenant_id, role, blocked = access
-        if blocked or not role_allows(role, self.permission):
+        tenant_id, grant_id, refused = access
+        if refused:
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.tenant_id = tenant_id
-        self.joined = self.group_names(tenant_id)
+        self.joined = list(self.group_names(tenant_id))
+        if grant_id is not None:
+            self.joined.append(grant_group_name(grant_id))
         for group in self.joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -77,6 +121,10 @@ class TenantSocketConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # Browsers only listen on these sockets; anything they send is ignored.
         return
+
+    async def grant_closed(self, message: dict[str, Any]) -> None:
+        """Close a staff socket at once: its access grant was revoked, completed or has expired."""
+        await self.close(code=CLOSE_FORBIDDEN)
 
 
 class TenantLiveConsumer(TenantSocketConsumer):

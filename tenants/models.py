@@ -161,3 +161,7 @@ class ServiceHeartbeat(models.Model):
     service = models.CharField(max_length=32, unique=True)
     last_seen_at = models.DateTimeField()
     detail = models.CharField(max_length=200, blank=True)
+
+
+# Staff access requests and grants live in their own module; importing them here registers them.
+from tenants.models_access import AccessPolicy, AccessRequest  # noqa: E402, F401

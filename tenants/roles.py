@@ -34,6 +34,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "devices.view": EVERY_ROLE,
     "devices.command": frozenset({Role.OWNER, Role.ADMIN, Role.TECHNICIAN}),
     "devices.manage": frozenset({Role.OWNER, Role.ADMIN}),
+    # Platform staff access: reading the requests and the consent log, answering requests, the policy.
+    "staff_access.view": frozenset({Role.OWNER, Role.ADMIN, Role.AUDITOR}),
+    "staff_access.decide": frozenset({Role.OWNER, Role.ADMIN}),
+    "staff_access.policy": frozenset({Role.OWNER}),
 }
 
 

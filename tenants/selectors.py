@@ -11,29 +11,56 @@ from django.db.models import QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from tenants.access import SAFE_METHODS
 from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
+from tenants.models_access import AccessRequest
+from tenants.roles import role_allows
+from tenants.selectors_access import STAFF_GRANT_ROLE, StaffAccessDenied, grant_allows, grant_live_for
 
 
 @dataclass(frozen=True)
 class TenantAccess:
+    """A person's way into a tenant: their membership, or, for platform staff, a live access grant.
+
+    A grant acts as a synthetic role (`platform_staff`, never saved) limited to the grant's areas.
+    """
+
     tenant: Tenant
     membership: Membership
+    grant: AccessRequest | None = None
+
+    def allows(self, permission: str | None, method: str = "GET") -> bool:
+        """Return whether this access holds `permission` for a request with `method`."""
+        if self.grant is not None:
+            return grant_allows(grant=self.grant, permission=permission, safe_method=method in SAFE_METHODS)
+        return permission is not None and role_allows(self.membership.role, permission)
 
 
 def tenant_access_get(*, user, slug: str, api_key: ApiKey | None = None) -> TenantAccess:
-    """Return the user's membership in the tenant `slug`, or raise Http404.
+    """Return the user's access to the tenant `slug`, or raise Http404.
 
-    An API key reaches only the tenant it was made for.
+    An API key reaches only the tenant it was made for. Platform staff who are not members get in
+    only through a live grant the tenant approved, and only from a browser session; without one
+    they get StaffAccessDenied (a 404 that names the tenant, so the attempt can be logged).
     """
     if user is None or not user.is_authenticated:
         raise Http404
-    try:
-        membership = Membership.objects.select_related("tenant").get(tenant__slug=slug, user=user)
-    except Membership.DoesNotExist:
-        raise Http404 from None
-    if api_key is not None and api_key.tenant_id != membership.tenant_id:
+    membership = Membership.objects.select_related("tenant").filter(tenant__slug=slug, user=user).first()
+    if membership is not None:
+        if api_key is not None and api_key.tenant_id != membership.tenant_id:
+            raise Http404
+        return TenantAccess(tenant=membership.tenant, membership=membership)
+    if not user.is_staff or api_key is not None:
         raise Http404
-    return TenantAccess(tenant=membership.tenant, membership=membership)
+    tenant = Tenant.objects.filter(slug=slug).first()
+    if tenant is None:
+        raise Http404
+    grant = grant_live_for(user=user, tenant=tenant)
+    if grant is None:
+        raise StaffAccessDenied(tenant)
+    return TenantAccess(
+        tenant=tenant, membership=Membership(tenant=tenant, user=user, role=STAFF_GRANT_ROLE), grant=grant
+    )
 
 
 def memberships_for_user(*, user) -> QuerySet[Membership]:

@@ -6,6 +6,7 @@ from celery import shared_task
 
 from tenants.audit_chain import digests_sign
 from tenants.health import WORKER, heartbeat_record, this_process_label
+from tenants.services_access import access_lapse_and_expire
 
 
 @shared_task(ignore_result=True)
@@ -18,3 +19,9 @@ def record_heartbeat() -> None:
 def sign_audit_digests() -> int:
     """Sign the head of every audit chain that grew; beat sends this every 5 minutes (migration 0006)."""
     return len(digests_sign())
+
+
+@shared_task(ignore_result=True)
+def lapse_and_expire_staff_access() -> int:
+    """Lapse unanswered staff access requests and expire grants; beat sends this every minute (0008)."""
+    return access_lapse_and_expire()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants import views
+from tenants import views, views_access
 
 urlpatterns = [
     path("", views.dashboard, name="tenant-dashboard"),
@@ -19,4 +19,14 @@ urlpatterns = [
     path("audit/verify/", views.audit_verify, name="tenant-audit-verify"),
     path("api-keys/", views.api_keys, name="tenant-api-keys"),
     path("api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="tenant-api-key-revoke"),
+    path("staff-access/", views_access.staff_access, name="tenant-staff-access"),
+    path(
+        "staff-access/<int:request_id>/approve/", views_access.staff_access_approve, name="tenant-staff-access-approve"
+    ),
+    path("staff-access/<int:request_id>/deny/", views_access.staff_access_deny, name="tenant-staff-access-deny"),
+    path("staff-access/<int:request_id>/revoke/", views_access.staff_access_revoke, name="tenant-staff-access-revoke"),
+    path("staff-access/log/", views_access.consent_log, name="tenant-consent-log"),
+    path("staff-access/log/export.csv", views_access.consent_log_export_csv, name="tenant-consent-log-csv"),
+    path("staff-access/log/export.json", views_access.consent_log_export_json, name="tenant-consent-log-json"),
+    path("staff-access/policy/", views_access.staff_access_policy, name="tenant-staff-access-policy"),
 ]

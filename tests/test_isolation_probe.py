@@ -15,7 +15,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
 
 from devices import keys
@@ -23,9 +23,12 @@ from devices import services as device_services
 from devices.models import Job
 from portal.asgi import application
 from portal.websocket_urls import websocket_urlpatterns
-from tenants import services
-from tenants.audit import SYSTEM, audit_record
-from tenants.models import Membership
+from tenants import services, services_access
+from tenants.access import SAFE_METHODS, required_permission
+from tenants.audit import SYSTEM, Actor, audit_record
+from tenants.models import AuditEvent, Membership
+from tenants.models_access import AREAS, AccessRequest
+from tenants.selectors_access import grant_allows
 from tests.conftest import client_for
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -139,6 +142,15 @@ def world(acme, globex, initech, staff, outsider):
         account_id=str(account.pk), device_pk=str(device.pk), command_pk=str(command.pk), job_pk=str(job.pk)
     )
     globex_key = services.api_key_create(actor=SYSTEM, tenant=globex.tenant, user=globex.owner, name="probe")
+    pending = services_access.access_request_create(
+        actor=Actor(user=staff, role="platform_staff"),
+        tenant=acme.tenant,
+        reason_code="customer_support",
+        ticket_reference="T-probe",
+        justification="The probe's pending request.",
+        areas=list(AREAS),
+    )
+    acme_values["request_id"] = str(pending.pk)
     return {
         "acme": acme,
         "globex": globex,
@@ -355,3 +367,127 @@ async def test_it_refuses_websockets_to_people_outside_the_tenant(world):
         suspended_url = route.url(dict(world["acme_values"], tenant_slug="initech"))
         assert not await _connects(suspended_url, world["initech"].owner)
         assert await _connects(url, world["acme"].owner), f"acme's owner cannot connect to {url}"
+
+
+# --- Platform staff and access grants -------------------------------------------------------
+
+
+def _staff_grant(world, *, cast_name: str = "acme", write: bool = True) -> AccessRequest:
+    """Return a live grant to platform staff in a tenant, covering every area, approved by its owner."""
+    cast = world[cast_name]
+    requested = services_access.access_request_create(
+        actor=Actor(user=world["staff"], role="platform_staff"),
+        tenant=cast.tenant,
+        reason_code="customer_support",
+        ticket_reference="T-1",
+        justification="Probe.",
+        areas=list(AREAS),
+        scope_write=write,
+    )
+    return services_access.access_request_approve(actor=Actor(user=cast.owner, role="owner"), access_request=requested)
+
+
+def _consent_events(tenant, action: str):
+    return AuditEvent.objects.filter(tenant=tenant, action=action).order_by("-sequence")
+
+
+def _assert_staff_denied_and_logged(world, methods, who: str, grant_id: int | None = None) -> int:
+    """Send every method to every acme route as staff; each must be denied and logged. Return the count."""
+    acme = world["acme"].tenant
+    staff = client_for(world["staff"])
+    probed = 0
+    for route in http_routes():
+        if not route.is_tenant_route:
+            continue
+        url = route.url(_values_for(route, world["acme_values"]))
+        for method in methods:
+            before = _consent_events(acme, "staff_access.denied").count()
+            response = _send(staff, method, url)
+            _assert_denied(response, who, method, url)
+            assert response.status_code in (403, 404), f"{who} {method} {url}: {response.status_code}"
+            denied = _consent_events(acme, "staff_access.denied")
+            assert denied.count() == before + 1, f"{who} {method} {url}: the denial was not logged"
+            event = denied.first()
+            assert event.after["path"] == url and event.after["method"] == method
+            assert event.after["grant_id"] == grant_id, f"{who} {method} {url}: logged {event.after}"
+            probed += 1
+    assert not _consent_events(acme, "staff_access.used").exists(), f"{who}: a use was logged"
+    return probed
+
+
+def test_it_denies_and_logs_staff_without_a_grant(world):
+    assert _assert_staff_denied_and_logged(world, METHODS, "staff without a grant") > 50
+
+
+def test_it_denies_and_logs_staff_whose_grant_is_for_another_tenant(world):
+    _staff_grant(world, cast_name="globex")
+    _assert_staff_denied_and_logged(world, METHODS, "staff with globex's grant")
+
+
+def test_it_denies_and_logs_every_write_through_a_read_only_grant(world):
+    grant = _staff_grant(world, write=False)
+    _assert_staff_denied_and_logged(world, UNSAFE_METHODS, "staff with a read-only grant", grant_id=grant.pk)
+
+
+def test_it_denies_and_logs_staff_whose_grant_has_expired(world, time_machine):
+    grant = _staff_grant(world)
+    time_machine.move_to(grant.expires_at)
+    # The periodic task has not run yet: the grant is still "approved" in the table, and refused.
+    assert AccessRequest.objects.get(pk=grant.pk).state == AccessRequest.State.APPROVED
+    _assert_staff_denied_and_logged(world, METHODS, "staff with an expired grant")
+
+
+def test_it_denies_and_logs_staff_whose_grant_was_revoked(world):
+    grant = _staff_grant(world)
+    services_access.access_grant_revoke(actor=Actor(user=world["acme"].admin, role="admin"), grant=grant)
+    _assert_staff_denied_and_logged(world, METHODS, "staff with a revoked grant")
+
+
+def test_it_lets_a_read_write_grant_reach_only_what_it_covers_and_logs_each_use(world):
+    acme = world["acme"].tenant
+    grant = _staff_grant(world)
+    staff = client_for(world["staff"])
+    allowed_somewhere = set()
+    for route in http_routes():
+        if not route.is_tenant_route:
+            continue
+        url = route.url(_values_for(route, world["acme_values"]))
+        view = resolve(url).func
+        for method in METHODS:
+            covered = grant_allows(
+                grant=grant, permission=required_permission(view, method), safe_method=method in SAFE_METHODS
+            )
+            used_before = _consent_events(acme, "staff_access.used").count()
+            denied_before = _consent_events(acme, "staff_access.denied").count()
+            response = _send(staff, method, url)
+            used = _consent_events(acme, "staff_access.used")
+            denied = _consent_events(acme, "staff_access.denied")
+            if covered:
+                assert response.status_code != 403, f"grant {method} {url}: refused though covered"
+                assert used.count() == used_before + 1, f"grant {method} {url}: the use was not logged"
+                assert denied.count() == denied_before
+                event = used.first()
+                assert event.target_id == str(grant.pk) and event.after["grant_id"] == grant.pk
+                assert event.after["path"] == url and event.after["method"] == method
+                assert event.ip_address == "127.0.0.1" and event.actor_role == "platform_staff"
+                allowed_somewhere.add(route.name)
+            else:
+                _assert_denied(response, "grant", method, url)
+                assert response.status_code == 403, f"grant {method} {url}: {response.status_code}"
+                assert denied.count() == denied_before + 1, f"grant {method} {url}: the denial was not logged"
+                assert denied.first().after["grant_id"] == grant.pk
+                assert used.count() == used_before
+    # The grant reaches the areas it names, and never the tenant's own controls over staff access.
+    assert {"tenant-dashboard", "tenant-devices", "tenant-accounts", "tenant-audit", "tenant-team"} <= allowed_somewhere
+    assert not {"tenant-staff-access", "tenant-consent-log", "tenant-staff-access-revoke"} & allowed_somewhere
+    assert not {"tenant-api-keys", "tenant-team-invite", "tenant-settings-security"} & allowed_somewhere
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_opens_tenant_websockets_to_staff_only_through_a_grant(world):
+    urls = [route.url(world["acme_values"]) for route in websocket_routes() if route.is_tenant_route]
+    for url in urls:
+        assert not await _connects(url, world["staff"]), f"staff without a grant connected to {url}"
+    await sync_to_async(_staff_grant)(world)
+    for url in urls:
+        assert await _connects(url, world["staff"]), f"staff with a grant cannot connect to {url}"
