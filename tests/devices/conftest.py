@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -79,12 +80,17 @@ class DeviceSocket:
         assert welcome["type"] == "welcome"
         return welcome
 
+    async def processed(self):
+        """Wait until the portal has handled every frame sent so far: it answers in order, so the
+        welcome to a fresh hello comes after all of them."""
+        await self.hello()
+
     async def close(self):
         await self.communicator.disconnect()
 
 
 @pytest.fixture
-def device_socket():
+async def device_socket():
     sockets: list[DeviceSocket] = []
 
     def make(token, **kwargs) -> DeviceSocket:
@@ -93,6 +99,10 @@ def device_socket():
         return socket
 
     yield make
+    # End every consumer, closed or not, so that no task outlives the test's event loop.
+    for socket in sockets:
+        with contextlib.suppress(Exception):  # already ended by the test
+            await socket.communicator.disconnect()
 
 
 def db(function):

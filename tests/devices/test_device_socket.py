@@ -92,7 +92,7 @@ async def test_it_stores_inventory_from_status_within_a_flush(registration, devi
         vaults=[{"vault_id": "v1", "name": "Local", "kind": "local", "bytes_used": 4096}],
     )
     await socket.send("heartbeat")
-    await asyncio.sleep(0.05)
+    await socket.processed()
     await buffer.flush()
     items = await db(lambda: sorted(ProtectedItem.objects.values_list("item_id", "engine", "size_bytes")))()
     assert items == [("db", "mysql", 99), ("docs", "files", 1200)]
@@ -104,7 +104,7 @@ async def test_it_stores_inventory_from_status_within_a_flush(registration, devi
         protected_items=[{"item_id": "docs", "name": "Documents", "engine": "files", "size_bytes": 1300}],
         vaults=[{"vault_id": "v1", "name": "Local", "kind": "local", "bytes_used": 5000}],
     )
-    await asyncio.sleep(0.05)
+    await socket.processed()
     await buffer.flush()
     items = await db(lambda: list(ProtectedItem.objects.values_list("item_id", "size_bytes")))()
     assert items == [("docs", 1300)]
@@ -119,7 +119,7 @@ async def test_it_coalesces_heartbeats_into_one_write(registration, device_socke
     before = (await db(_device)(registration)).last_seen_at
     for _ in range(10):
         await socket.send("heartbeat")
-    await asyncio.sleep(0.05)
+    await socket.processed()
     # Nothing is written per heartbeat...
     assert (await db(_device)(registration)).last_seen_at == before
     assert registration.device.pk in buffer.seen
@@ -214,7 +214,7 @@ async def test_it_delivers_queued_commands_after_hello_and_tracks_their_status(a
 
     await socket.send("command_ack", command_id=frame["command_id"])
     await socket.send("command_result", command_id=frame["command_id"], status="succeeded", result={"pong": "now"})
-    await asyncio.sleep(0.1)
+    await socket.processed()
     command = await db(Command.objects.get)(pk=queued.pk)
     assert command.status == "succeeded" and command.result == {"pong": "now"} and command.finished_at
     await socket.close()
@@ -243,7 +243,7 @@ async def test_it_resends_unacknowledged_commands_on_reconnect(acme, registratio
     # Delivered but never acknowledged: sent again (the device deduplicates by id).
     assert (await second.receive())["command_id"] == str(command.command_id)
     await second.send("command_ack", command_id=str(command.command_id))
-    await asyncio.sleep(0.05)
+    await second.processed()
     await second.close()
     third = device_socket(registration.token)
     await third.connect()
@@ -271,7 +271,7 @@ async def test_it_never_moves_a_command_backwards(acme, registration, device_soc
     await socket.receive()
     await socket.send("command_result", command_id=str(command.command_id), status="failed", error="disk full")
     await socket.send("command_ack", command_id=str(command.command_id))
-    await asyncio.sleep(0.1)
+    await socket.processed()
     stored = await db(Command.objects.get)(pk=command.pk)
     assert stored.status == "failed" and stored.error == "disk full"
     await socket.close()
@@ -299,7 +299,7 @@ async def test_it_records_a_job_from_start_to_finish(acme, registration, device_
     await socket.send(
         "job_progress", job_id=job_id, percent=50, files_done=1, files_total=3, bytes_read=10, bytes_uploaded=10
     )
-    await asyncio.sleep(0.1)
+    await socket.processed()
     job = await db(Job.objects.get)(job_id=job_id)
     assert job.status == "running" and job.progress_percent == 50 and job.files_done == 1
     assert (await db(Command.objects.get)(pk=command.pk)).status == "running"
@@ -313,7 +313,7 @@ async def test_it_records_a_job_from_start_to_finish(acme, registration, device_
         bytes_uploaded=20,
         log_lines=[{"time": "2026-11-27T10:00:00+00:00", "level": "error", "message": "cannot read c.txt"}],
     )
-    await asyncio.sleep(0.1)
+    await socket.processed()
     job = await db(Job.objects.get)(job_id=job_id)
     assert job.status == "failed" and job.files_done == 2 and job.finished_at
     lines = await db(lambda: list(JobLogLine.objects.filter(job=job).values_list("level", "message")))()

@@ -67,12 +67,15 @@ async def test_it_streams_audit_events_to_the_tenants_own_admins_only(acme, glob
 
 async def test_it_refuses_roles_that_cannot_read_the_audit_log(acme):
     communicator, connected, code = await _connect("acme", acme.technician)
+    await communicator.disconnect()
     assert not connected and code == 4403
 
 
 async def test_it_refuses_another_tenant_with_the_same_code_as_a_missing_one(acme, globex):
-    _, connected, code = await _connect("acme", globex.owner)
-    _, connected_missing, code_missing = await _connect("no-such-tenant", globex.owner)
+    other, connected, code = await _connect("acme", globex.owner)
+    missing, connected_missing, code_missing = await _connect("no-such-tenant", globex.owner)
+    await other.disconnect()
+    await missing.disconnect()
     assert not connected and not connected_missing and code == code_missing == 4404
 
 
