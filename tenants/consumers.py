@@ -10,11 +10,13 @@ socket joins the grant's group, so revoking or expiring the grant closes it at o
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
+from django.utils import timezone
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.models import Device
 
@@ -48,8 +50,8 @@ def _staff_actor(scope: Any) -> Actor:
 
 
 @database_sync_to_async
-def _resolve_access(scope: Any, slug: str, permission: str) -> tuple[int, int | None, bool] | None:
-    """Return (tenant id, grant id, refused) for the socket's user, or None when nothing is found."""
+def _resolve_access(scope: Any, slug: str, permission: str) -> tuple[int, Any, bool] | None:
+    """Return (tenant id, grant or None, refused) for the socket's user, or None when nothing is found."""
     user, session, path = scope.get("user"), scope.get("session"), scope.get("path", "")
     try:
         access = tenant_access_get(user=user, slug=slug)
@@ -79,7 +81,7 @@ def _resolve_access(scope: Any, slug: str, permission: str) -> tuple[int, int | 
             )
         else:
             staff_access_used(actor=_staff_actor(scope), grant=access.grant, path=path, method="WEBSOCKET")
-    return access.tenant.pk, access.grant.pk if access.grant is not None else None, refused
+    return access.tenant.pk, access.grant, refused
 
 
 class TenantSocketConsumer(AsyncJsonWebsocketConsumer):
@@ -102,19 +104,26 @@ class TenantSocketConsumer(AsyncJsonWebsocketConsumer):
         if access is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        tenant_id, grant_id, refused = access
+        tenant_id, grant, refused = access
         if refused:
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.tenant_id = tenant_id
         self.joined = list(self.group_names(tenant_id))
-        if grant_id is not None:
-            self.joined.append(grant_group_name(grant_id))
+        if grant is not None:
+            self.joined.append(grant_group_name(grant.pk))
+            # Expiry closes the socket on the dot, without waiting for the periodic expiry task.
+            seconds = (grant.expires_at - timezone.now()).total_seconds()
+            self.expiry = asyncio.get_running_loop().call_later(
+                max(seconds, 0), lambda: asyncio.ensure_future(self.close(code=CLOSE_FORBIDDEN))
+            )
         for group in self.joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "expiry", None) is not None:
+            self.expiry.cancel()
         for group in getattr(self, "joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 

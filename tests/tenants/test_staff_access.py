@@ -361,4 +361,27 @@ async def test_it_closes_a_staff_websocket_when_the_grant_is_revoked(acme, staff
         application, "/ws/t/acme/live/", headers=await sync_to_async(_cookie_headers)(staff)
     )
     connected, _ = await refused.connect()
+    await refused.disconnect()
     assert not connected
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_closes_a_staff_websocket_the_moment_its_grant_expires(acme, staff):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants.models_access import AccessRequest
+
+    grant = await sync_to_async(lambda: _approve(acme, _request(staff, acme, areas=["devices"])))()
+    expires_at = timezone.now() + timedelta(seconds=1)
+    await sync_to_async(AccessRequest.objects.filter(pk=grant.pk).update)(expires_at=expires_at)
+    communicator = WebsocketCommunicator(
+        application, "/ws/t/acme/fleet/", headers=await sync_to_async(_cookie_headers)(staff)
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    # No periodic task runs here: the socket closes by itself when the grant runs out.
+    output = await communicator.receive_output(timeout=3)
+    assert output == {"type": "websocket.close", "code": 4403} and timezone.now() >= expires_at
+    await communicator.disconnect()
