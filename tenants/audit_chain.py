@@ -89,8 +89,12 @@ def chain_append(events: list[AuditEvent]) -> list[AuditEvent]:
         return events
     chain = events[0].chain
     assert transaction.get_connection().in_atomic_block, "audit events are written inside a transaction"
-    AuditChainHead.objects.get_or_create(chain=chain, defaults={"sequence": 0, "head_hash": GENESIS})
-    head = AuditChainHead.objects.select_for_update().get(chain=chain)
+    head = AuditChainHead.objects.select_for_update().filter(chain=chain).first()
+    if head is None:  # the chain's first event: create its head, racing writers agree on one row
+        AuditChainHead.objects.bulk_create(
+            [AuditChainHead(chain=chain, sequence=0, head_hash=GENESIS)], ignore_conflicts=True
+        )
+        head = AuditChainHead.objects.select_for_update().get(chain=chain)
     for event in events:
         head.sequence += 1
         event.sequence, event.previous_hash = head.sequence, head.head_hash
