@@ -221,7 +221,11 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def test_it_registers_reports_and_runs_queued_commands(portal, agent):
     agent.extra = ["--name", "reception-pc"]
     agent.start()
-    device_pk, _, name, client_version, consents = agent.wait_until_live()
+    agent.wait_until_live()
+    # The device is live from the handshake on; its hello (inventory, consents) is stored a moment later.
+    device_pk, _, name, client_version, consents = wait_for(
+        lambda: (row := agent.device()) and json.loads(row[4]) and row, what="the device's hello"
+    )
     assert (name, client_version, json.loads(consents)) == ("reception-pc", __version__, {"allow_browse": False})
     state_file = agent.state_dir / "state.json"
     assert state_file.stat().st_mode & 0o777 == 0o600
