@@ -1,0 +1,184 @@
+"""A tiny run of every bench scenario: the scripts start, drive real processes and write sane JSON.
+
+No timing is asserted here. With DATABASE_URL set (PostgreSQL) the benches get a database of their
+own on that server (`<name>_bench_smoke`, dropped afterwards); with REDIS_URL set they use database
+number 14 of that Redis (emptied by the benches). Without either they run on the embedded default:
+SQLite in a temporary folder and the in-memory channel layer, one server process per scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+SMOKE_REDIS_DB = 14
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _free_base_port() -> int:
+    """A port p such that p, p+1, p+100 and p+101 are free (servers and baselines use them)."""
+    for _ in range(50):
+        base = random.randrange(20000, 30000)
+        try:
+            for port in (base, base + 1, base + 100, base + 101):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="module")
+def bench_env(tmp_path_factory):
+    """(environment, extra arguments) for the bench scripts, and clean-up afterwards."""
+    data_dir = tmp_path_factory.mktemp("bench-data")
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(PORTAL_DATA_DIR=str(data_dir), BENCH_LOG_DIR=str(data_dir / "logs"), PYTHONPATH=str(ROOT))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    args: list[str] = []
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    smoke_database = None
+    if database_url.startswith(("postgres://", "postgresql://")):
+        parts = urlsplit(database_url)
+        smoke_database = urlunsplit(parts._replace(path="/" + parts.path.lstrip("/") + "_bench_smoke"))
+        args += ["--database-url", smoke_database]
+        if redis_url:
+            redis_parts = urlsplit(redis_url)
+            args += ["--redis-url", urlunsplit(redis_parts._replace(path=f"/{SMOKE_REDIS_DB}"))]
+        else:
+            args += ["--redis-url", ""]
+    else:
+        args += ["--embedded"]
+    yield env, args, smoke_database
+    if smoke_database:
+        sys.path.insert(0, str(BENCH))
+        try:
+            import common
+
+            common.drop_database(smoke_database)
+        finally:
+            sys.path.remove(str(BENCH))
+
+
+def run_bench(script: str, arguments: list[str], env: dict[str, str], timeout: float = 200) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), *arguments],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, f"{script} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
+    return completed.stdout
+
+
+def read_result(directory: Path, name: str) -> dict:
+    path = directory / f"{name}.json"
+    assert path.exists(), f"{path.name} was not written"
+    return json.loads(path.read_text())
+
+
+def test_capacity_and_baseline_hold_every_device(bench_env, tmp_path):
+    env, args, _ = bench_env
+    run_bench(
+        "capacity.py",
+        [
+            *args,
+            "--steps",
+            "20",
+            "--hold",
+            "2",
+            "--warmup",
+            "1",
+            "--idle-window",
+            "1",
+            "--servers",
+            "1",
+            "--shards",
+            "1",
+            "--base-port",
+            str(_free_base_port()),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "cap",
+        ],
+        env,
+    )
+    result = read_result(tmp_path, "cap")
+    assert result["scenario"] == "capacity"
+    for kind in ("portal", "baseline"):
+        step = result[kind]["steps"][0]
+        assert step["connected"] == 20, (kind, step)
+        assert step["rss_kib"] > 0 and step["cpu_percent"] >= 0
+    assert result["comparison"][0]["devices"] == 20
+    assert "memory_ratio" in result["comparison"][0]
+
+
+def test_ingest_accepts_and_persists(bench_env, tmp_path):
+    env, args, _ = bench_env
+    run_bench(
+        "ingest.py",
+        [
+            *args,
+            "--devices",
+            "20",
+            "--rates",
+            "5",
+            "--seconds",
+            "3",
+            "--pause",
+            "0",
+            "--raw-rows",
+            "2000",
+            "--base-port",
+            str(_free_base_port()),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "ing",
+        ],
+        env,
+    )
+    result = read_result(tmp_path, "ing")
+    level = result["levels"][0]
+    assert level["messages_sent"] > 0 and level["accepted_per_second"] > 0
+    assert level["not_drained"] == 0
+    assert level["persisted"]["devices_persisted"] == 20, level["persisted"]
+
+
+def test_pages_measures_each_case(bench_env, tmp_path):
+    env, args, _ = bench_env
+    run_bench(
+        "pages.py",
+        [*args, "--devices", "300", "--requests", "3", "--warmup", "1", "--results-dir", str(tmp_path), "--name", "pg"],
+        env,
+    )
+    result = read_result(tmp_path, "pg")
+    assert result["cases"], result
+    for row in result["cases"]:
+        assert row["requests"] == 3 and row["queries"] > 0 and row["median_ms"] > 0, row
+
+
+def test_seed_writes_known_tokens(bench_env, tmp_path):
+    env, args, smoke_database = bench_env
+    seed_env = dict(env)
+    if smoke_database:
+        seed_env["DATABASE_URL"] = smoke_database
+    output = run_bench("seed.py", ["--tenants", "2", "--devices", "40", "--migrate", "--quiet"], seed_env)
+    figures = json.loads(output.strip().splitlines()[-1])
+    assert figures["devices"] == 40 and figures["tenants"] == 2 and figures["accounts"] == 8
