@@ -182,9 +182,12 @@ def test_it_runs_a_backup_from_the_device_page_and_shows_it_live(fleet_portal, p
         }"""
     )
     page.click("button[data-command-kind=drop_connection]")
-    page.wait_for_function("window.presence.includes(false)", timeout=15_000)
+    # The agent reconnects within about a second. If its new connection lands before the old one's
+    # goodbye is handled, the device never counts as offline (the newer connection owns it), so
+    # only the reconnect is certain.
     page.wait_for_function("window.presence.at(-1) === true", timeout=30_000)
-    assert "off" in page.evaluate("window.dotStates")
+    if False in page.evaluate("window.presence"):
+        assert "off" in page.evaluate("window.dotStates")
     assert page.locator(".dot[data-device][data-live=on].live").count() == 2  # the title's and the inventory's
     assert page.evaluate("window.notReloaded") is True
 
