@@ -21,6 +21,7 @@ charged to the first step's connections.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--redis-url", default=common.os.environ.get("BENCH_REDIS_URL", common.DEFAULT_REDIS_URL))
     parser.add_argument("--embedded", action="store_true", help="no PostgreSQL/Redis: SQLite and the in-memory layer")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="every process stops by itself after this")
+    parser.add_argument("--baseline-from", default=None, help="a result file whose baseline to compare with")
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--name", default="capacity")
     parser.add_argument("--app", default=harness.DEFAULT_APP, help="ASGI app, e.g. tuned_asgi:application (bench/)")
@@ -239,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[kind] = measure_kind(kind, args, env, pg)
     finally:
         pg.close()
+    if "baseline" not in results and args.baseline_from:
+        # The baseline does not depend on the portal's code: reuse one measured earlier on this machine.
+        earlier = json.loads(common.Path(args.baseline_from).read_text())
+        results["baseline"] = {**earlier["baseline"], "from": args.baseline_from, "measured": earlier.get("started")}
     results["comparison"] = compare(results)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path = common.write_result(args.name, results, args.results_dir)

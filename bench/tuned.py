@@ -24,6 +24,8 @@ Each patch has a name; BENCH_TUNE (comma-separated) picks them, all by default:
   three statements (one DELETE of the items no longer reported, one upsert of every item, one
   upsert of every vault) instead of about six statements per device, and skips a device whose
   status has not changed since the last write.
+- `gclog` (measurement only): logs every garbage collection of generation 2 that took more than
+  100 ms to stderr, with the number of objects tracked, to tell GC pauses from other stalls.
 - `facets`: devices.selectors.device_facets reads the distinct OS and client versions with a loose
   index scan (a recursive CTE: one index probe per distinct value) instead of DISTINCT over every
   device of the tenant.
@@ -42,7 +44,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-ALL = ("touch", "persistent", "freeze", "dispatch", "inventory", "facets", "accounts", "search")
+ALL = ("touch", "persistent", "freeze", "dispatch", "inventory", "facets", "accounts", "search", "gclog")
 # What `search` needs in the database (PostgreSQL): trigram indexes that match Django's icontains,
 # UPPER(column::text) LIKE UPPER('%term%'). A migration would add them with TrigramExtension and
 # GinIndex(OpClass(Upper("name"), name="gin_trgm_ops")); the experiment creates them itself.
@@ -194,6 +196,27 @@ def apply(tunes: set[str] | None = None) -> set[str]:
                 written.update({pk: fingerprint for pk, (_, _, fingerprint) in changed.items()})
 
         ingest._write = write
+    if "gclog" in tunes:
+        import sys
+        import time
+
+        started: list[float] = []
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if info.get("generation") != 2:
+                return
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                took = time.perf_counter() - started[0]
+                if took > 0.1:
+                    sys.stderr.write(
+                        f"gen2 collection {took * 1000:.0f} ms, collected {info.get('collected')}, "
+                        f"tracked {len(gc.get_objects())}\n"
+                    )
+                    sys.stderr.flush()
+
+        gc.callbacks.append(on_gc)
     if "freeze" in tunes:
         gc.collect()
         gc.freeze()
