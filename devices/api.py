@@ -77,7 +77,7 @@ class PageWithoutCount(BasePagination):
     def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any]:
         self.request = request
         page, size = self._page(request), self._page_size(request)
-        rows = list(queryset[(page - 1) * size : page * size + 1])
+        rows = selectors.page_of(queryset, offset=(page - 1) * size, limit=size + 1)
         if not rows and page > 1:
             raise NotFound("Invalid page.")
         self.next_page = page + 1 if len(rows) > size else None

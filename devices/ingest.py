@@ -3,12 +3,15 @@
 Heartbeats only move a device's last-seen time, and status reports replace its inventory; writing
 each as it arrives would cost a database round trip per message. Instead the latest value per
 device is kept here and written every FLUSH_INTERVAL seconds in a few statements, so the database
-load grows with the number of devices that changed, not with the message rate.
+load grows with the number of devices that changed, not with the message rate. A status whose
+inventory is the same as the one this process last wrote for the device costs no write at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -25,6 +28,9 @@ class IngestBuffer:
     def __init__(self) -> None:
         self.seen: dict[int, datetime] = {}
         self.statuses: dict[int, tuple[int, dict[str, Any]]] = {}
+        # Per device, a digest of the inventory this process last wrote: devices repeat their status
+        # every few seconds, and most reports change nothing.
+        self.written: dict[int, bytes] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
@@ -36,6 +42,10 @@ class IngestBuffer:
     def set_status(self, device_pk: int, tenant_id: int, status: dict[str, Any]) -> None:
         self.statuses[device_pk] = (tenant_id, status)
         self._ensure_flusher()
+
+    def forget(self, device_pk: int) -> None:
+        """Drop what is known of a device (it disconnected), so its next status is written again."""
+        self.written.pop(device_pk, None)
 
     def _ensure_flusher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -58,14 +68,27 @@ class IngestBuffer:
         async with self._lock:
             seen, self.seen = self.seen, {}
             statuses, self.statuses = self.statuses, {}
-            if seen or statuses:
-                await database_sync_to_async(_write)(seen, statuses)
+            changed: dict[int, tuple[int, dict[str, Any]]] = {}
+            digests: dict[int, bytes] = {}
+            for device_pk, (tenant_id, status) in statuses.items():
+                digest = _inventory_digest(status)
+                if self.written.get(device_pk) != digest:
+                    changed[device_pk] = (tenant_id, status)
+                    digests[device_pk] = digest
+            if seen or changed:
+                await database_sync_to_async(_write)(seen, changed)
+            # Only after the write succeeded: a failed flush writes these statuses next time.
+            self.written.update(digests)
+
+
+def _inventory_digest(status: dict[str, Any]) -> bytes:
+    inventory = [status.get("protected_items"), status.get("vaults")]
+    return hashlib.blake2b(json.dumps(inventory, sort_keys=True).encode(), digest_size=16).digest()
 
 
 def _write(seen: dict[int, datetime], statuses: dict[int, tuple[int, dict[str, Any]]]) -> None:
     services.devices_touch(seen=seen)
-    for device_pk, (tenant_id, status) in statuses.items():
-        services.inventory_apply(device_pk=device_pk, tenant_id=tenant_id, status=status)
+    services.inventory_apply_many(statuses=statuses)
 
 
 buffer = IngestBuffer()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
-from django.db.models import Count, Q, QuerySet
+from django.db import connection
+from django.db.models import Count, IntegerField, Model, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from devices.models import BackupAccount, Command, Device, Job, ProtectedItem, StorageVault
@@ -24,11 +27,38 @@ DEVICE_SORTS = {
 }
 
 
+ModelT = TypeVar("ModelT", bound=Model)
+# Rows matched by a search term among accounts' usernames before the devices are filtered by them.
+SEARCH_ACCOUNTS_MAX = 1000
+
+
+def page_of(queryset: QuerySet[ModelT], *, offset: int, limit: int) -> list[ModelT]:
+    """Return `limit` rows from `offset` on, reading deep pages through the sort's index.
+
+    A plain OFFSET fetches, joins and throws away every row before the page; here only the ids are
+    read up to the offset (the list's sort indexes end in `id`), then the page's rows by id.
+    """
+    if offset == 0:
+        return list(queryset[:limit])
+    ids = list(queryset.values_list("pk", flat=True)[offset : offset + limit])
+    rows = {row.pk: row for row in queryset.order_by().filter(pk__in=ids)}
+    return [rows[pk] for pk in ids if pk in rows]
+
+
 def account_list(*, tenant: Tenant, search: str = "") -> QuerySet[BackupAccount]:
     accounts = BackupAccount.objects.filter(tenant=tenant)
     if search:
         accounts = accounts.filter(Q(username__icontains=search) | Q(display_name__icontains=search))
-    return accounts.defer(*ACCOUNT_HEAVY_FIELDS).annotate(device_count=Count("devices")).order_by("username")
+    # A correlated count, evaluated for the page's rows only; COUNT over a join grouped every
+    # account of the tenant with every device before the page was cut (120 ms at 20,000 accounts).
+    devices_per_account = (
+        Device.objects.filter(account=OuterRef("pk")).order_by().values("account").annotate(n=Count("id")).values("n")
+    )
+    return (
+        accounts.defer(*ACCOUNT_HEAVY_FIELDS)
+        .annotate(device_count=Coalesce(Subquery(devices_per_account, output_field=IntegerField()), Value(0)))
+        .order_by("username")
+    )
 
 
 def account_get(*, tenant: Tenant, account_id: int) -> BackupAccount:
@@ -57,7 +87,11 @@ def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> 
     """Return the tenant's devices filtered and sorted; every filter and sort has an index behind it."""
     devices = Device.objects.filter(tenant=tenant).select_related("account").defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
     if filters.search:
-        devices = devices.filter(Q(name__icontains=filters.search) | Q(account__username__icontains=filters.search))
+        # Two conditions on the device table, each served by a trigram index on PostgreSQL (a
+        # BitmapOr), rather than an OR across the join to accounts, which no index can serve.
+        matching_accounts = BackupAccount.objects.filter(tenant=tenant, username__icontains=filters.search)
+        account_ids = list(matching_accounts.values_list("id", flat=True)[:SEARCH_ACCOUNTS_MAX])
+        devices = devices.filter(Q(name__icontains=filters.search) | Q(account_id__in=account_ids))
     if filters.account_id is not None:
         devices = devices.filter(account_id=filters.account_id)
     if filters.live is not None:
@@ -128,13 +162,45 @@ def job_get(*, tenant: Tenant, job_pk: int) -> Job:
 
 def device_facets(*, tenant: Tenant) -> dict[str, list[str]]:
     """Return the distinct OS and client versions of a tenant's devices, for filter menus."""
+    if connection.vendor == "postgresql":
+        return {
+            "os": _distinct_values(tenant_pk=tenant.pk, column="os", descending=False),
+            "client_version": _distinct_values(tenant_pk=tenant.pk, column="client_version", descending=True),
+        }
     devices = Device.objects.filter(tenant=tenant)
     return {
-        "os": list(devices.order_by("os").values_list("os", flat=True).distinct()[:50]),
+        "os": list(devices.order_by("os").values_list("os", flat=True).distinct()[:FACETS_MAX]),
         "client_version": list(
-            devices.order_by("-client_version").values_list("client_version", flat=True).distinct()[:50]
+            devices.order_by("-client_version").values_list("client_version", flat=True).distinct()[:FACETS_MAX]
         ),
     }
+
+
+FACETS_MAX = 50
+_FACET_COLUMNS = ("os", "client_version")  # each has a (tenant, column, ...) index
+
+
+def _distinct_values(*, tenant_pk: int, column: str, descending: bool) -> list[str]:
+    """Return a column's distinct values for one tenant with one index probe per value.
+
+    PostgreSQL has no skip scan: DISTINCT read every device of the tenant (73 ms at 100,000). This
+    recursive query jumps from each value to the next one through the (tenant, column) index.
+    """
+    if column not in _FACET_COLUMNS:
+        raise ValueError(column)
+    order, step = ("DESC", "<") if descending else ("ASC", ">")
+    # The column and the order come from the allow-list above, never from the request.
+    sql = (
+        f"WITH RECURSIVE t(v) AS ("  # noqa: S608
+        f" (SELECT {column} FROM devices_device WHERE tenant_id = %s ORDER BY {column} {order} LIMIT 1)"
+        f" UNION ALL"
+        f" SELECT (SELECT d.{column} FROM devices_device d WHERE d.tenant_id = %s AND d.{column} {step} t.v"
+        f" ORDER BY d.{column} {order} LIMIT 1) FROM t WHERE t.v IS NOT NULL"
+        f") SELECT v FROM t WHERE v IS NOT NULL LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [tenant_pk, tenant_pk, FACETS_MAX])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def fleet_summary(*, tenant: Tenant) -> dict[str, int]:

@@ -69,8 +69,7 @@ def _page_number(request: TenantHttpRequest) -> int:
 
 def _page_of(queryset: QuerySet[Any], page: int, size: int) -> tuple[list[Any], bool]:
     """Return one page of rows and whether another follows, without counting the whole table."""
-    offset = (page - 1) * size
-    rows = list(queryset[offset : offset + size + 1])
+    rows = selectors.page_of(queryset, offset=(page - 1) * size, limit=size + 1)
     return rows[:size], len(rows) > size
 
 

@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP goes to Django, websockets to the Channels routes of each app."""
 
+import gc
 import os
 from typing import Any
 
@@ -30,3 +31,9 @@ async def websocket_application(scope: dict[str, Any], receive: Any, send: Any) 
 
 
 application = ProtocolTypeRouter({"http": django_asgi_application, "websocket": websocket_application})
+
+# Everything loaded so far (Django, the apps, their modules) lives as long as the process: moved
+# out of the collector's generations, full collections no longer walk it. Near 20,000 connections
+# full collections had paused the server for about 2 s every 20-30 s.
+gc.collect()
+gc.freeze()

@@ -47,7 +47,7 @@ def _queries_for(client, url: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "query", ["", "?sort=-last_seen&live=online", "?search=HOST-00001&failing=no", "?os=Linux&page=2"]
+    "query", ["", "?sort=-last_seen&live=online", "?search=HOST-00001&failing=no", "?os=Linux&page=2", "?sort=version&page=2&size=25"]
 )
 def test_it_lists_30_or_300_devices_with_the_same_bounded_number_of_queries(
     acme, as_user, django_assert_max_num_queries, query
@@ -69,7 +69,8 @@ def test_it_lists_30_or_300_devices_with_the_same_bounded_number_of_queries(
     assert Device.objects.filter(tenant=acme.tenant).count() == 300
     with_300 = _queries_for(client, url)
 
-    assert with_30 == with_300
+    # A deep page reads ids first, then its rows: an empty page skips the second query.
+    assert with_30 == with_300 or (with_30 + 1 == with_300 and "page=2" in query)
     with django_assert_max_num_queries(MAX_QUERIES):
         response = client.get(url)
     assert len(response.context["devices"]) > 0
