@@ -394,6 +394,7 @@ class Fleet:
         heartbeat: float,
         duration: float,
         proxy: bool = False,
+        devices_via_proxy: bool = True,
         max_pending: int = 100,
         connect_rate: float = 400,
         app: str = DEFAULT_APP,
@@ -410,7 +411,7 @@ class Fleet:
             self.shards = Shards(
                 shards,
                 devices=devices,
-                ports=[base_port] if proxy else self.worker_ports,
+                ports=[base_port] if proxy and devices_via_proxy else self.worker_ports,
                 cpus=sim_cpus,
                 connect_rate=connect_rate,
                 heartbeat=heartbeat,
@@ -425,6 +426,41 @@ class Fleet:
     @property
     def server_pids(self) -> list[int]:
         return self.servers.pids + (self.proxy.pids if self.proxy else [])
+
+    @property
+    def proxy_port(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.port
+
+    def worker_names_by_channel_prefix(self, pg: PgCounters, probe_device: int | None = None) -> dict[str, str]:
+        """Map each worker's channel-name prefix to HAProxy's name for it (worker1, worker2, ...).
+
+        One seeded device beyond the fleet (`probe_device`, by default the last seeded one)
+        connects straight to each worker's port in turn; its connection channel names the process.
+        """
+        import asyncio
+
+        from websockets.asyncio.client import connect
+
+        index = probe_device if probe_device is not None else pg.query("SELECT count(*) FROM devices_device")[0][0] - 1
+        token = common.device_token(index)
+        names: dict[str, str] = {}
+
+        async def probe(port: int) -> str:
+            url = f"ws://127.0.0.1:{port}/ws/device/"
+            async with connect(url, additional_headers={"Authorization": f"Device {token}"}) as socket:
+                await socket.send(json.dumps({"v": 1, "type": "hello", "name": "probe"}))
+                await asyncio.wait_for(socket.recv(), timeout=30)  # the welcome: the row is written
+                rows = pg.query(
+                    "SELECT connection_channel FROM devices_device WHERE device_id = %s", [common.device_uid(index)]
+                )
+                return rows[0][0].split("!", 1)[0] if rows and rows[0][0] else ""
+
+        for number, port in enumerate(self.worker_ports, start=1):
+            prefix = asyncio.run(probe(port))
+            if prefix:
+                names[prefix] = f"worker{number}"
+        return names
 
     def connect(self, devices: int) -> float:
         assert self.shards is not None

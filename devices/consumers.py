@@ -6,23 +6,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from devices import protocol, services
 from devices.ingest import buffer
 from tenants.net import client_ip
 
+logger = logging.getLogger(__name__)
+
+
+def _database(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a service off the event loop.
+
+    On PostgreSQL in the thread pool, each call on a pooled connection: the single thread that
+    thread-sensitive calls share was the bottleneck of a worker (every command costs the device's
+    worker three database calls). SQLite (the embedded default) keeps the one thread, where its
+    writers queue anyway.
+    """
+    return database_sync_to_async(function, thread_sensitive=connection.vendor != "postgresql")
+
+
 # Live consumers of this process, for the heartbeat watchdog (one task per process, not per device).
 _LIVE: dict[str, DeviceConsumer] = {}
-_watchdog: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+_process_tasks: dict[asyncio.AbstractEventLoop, list[asyncio.Task[None]]] = {}
 
 
 def _heartbeat_interval() -> float:
@@ -36,6 +53,36 @@ async def _watch_heartbeats() -> None:
         deadline = time.monotonic() - protocol.MISSED_HEARTBEATS * interval
         for consumer in [consumer for consumer in _LIVE.values() if consumer.last_message_at < deadline]:
             await consumer.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT)
+
+
+# How often each process looks for queued commands of its own live devices that no push reached.
+UNDELIVERED_SWEEP_SECONDS = 2.0
+
+
+async def _sweep_undelivered() -> None:
+    """Deliver commands whose push was lost.
+
+    A push through the channel layer is only a hint: Redis may be down, or the process's channel
+    may be full (channels-redis keeps one capacity for all the consumers of a process). The
+    command row is what counts, so each process checks, with one indexed query for all its live
+    devices, whether any of them has a queued command that has waited more than a sweep.
+    """
+    while True:
+        await asyncio.sleep(UNDELIVERED_SWEEP_SECONDS)
+        consumers = {consumer.device_pk: consumer for consumer in _LIVE.values() if consumer.authenticated}
+        if not consumers:
+            continue
+        try:
+            waiting = await _database(services.devices_with_undelivered_commands)(
+                device_pks=list(consumers), queued_before=timezone.now() - timedelta(seconds=UNDELIVERED_SWEEP_SECONDS)
+            )
+        except Exception:  # the database is away: the next sweep tries again
+            logger.exception("Looking for undelivered commands failed")
+            continue
+        for device_pk in waiting:
+            consumer = consumers.get(device_pk)
+            if consumer is not None and consumer.authenticated:
+                await consumer.deliver_commands()
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -66,7 +113,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         # Channels calls aclose_old_connections() before every handler: a hop into the database
         # thread for every frame, heartbeats included, which capped a process at a few thousand
         # frames a second. This consumer needs none of it: every database call here goes through
-        # database_sync_to_async, which closes stale connections around the call itself.
+        # _database (database_sync_to_async), which closes stale connections around the call itself.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -74,7 +121,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         subprotocol = protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in self.scope.get("subprotocols", []) else None
-        device = await database_sync_to_async(services.device_authenticate)(token=_token_from(self.scope))
+        device = await _database(services.device_authenticate)(token=_token_from(self.scope))
         if device is None:
             # Accept first: a close code can only be sent on an open websocket.
             await self.accept(subprotocol)
@@ -82,7 +129,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             return
         client = self.scope.get("client") or (None, None)
         ip_address = client_ip(client[0], _header(self.scope, b"x-forwarded-for") or None)
-        connected = await database_sync_to_async(services.device_connected)(
+        connected = await _database(services.device_connected)(
             device=device, channel_name=self.channel_name, ip_address=ip_address
         )
         self.device_pk, self.tenant_id, self.device_id = connected.device_pk, connected.tenant_id, device.device_id
@@ -96,13 +143,16 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         await self.accept(subprotocol)
         _LIVE[self.channel_name] = self
         loop = asyncio.get_running_loop()
-        if loop not in _watchdog or _watchdog[loop].done():
-            _watchdog[loop] = loop.create_task(_watch_heartbeats())
+        tasks = _process_tasks.get(loop)
+        if not tasks or any(task.done() for task in tasks):
+            for task in tasks or []:
+                task.cancel()
+            _process_tasks[loop] = [loop.create_task(_watch_heartbeats()), loop.create_task(_sweep_undelivered())]
 
     async def disconnect(self, code: int) -> None:
         _LIVE.pop(self.channel_name, None)
         if self.authenticated:
-            await database_sync_to_async(services.device_disconnected)(
+            await _database(services.device_disconnected)(
                 device_pk=self.device_pk, tenant_id=self.tenant_id, channel_name=self.channel_name
             )
 
@@ -135,7 +185,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         buffer.mark_seen(self.device_pk, timezone.now())
 
     async def _on_hello(self, message: dict[str, Any]) -> None:
-        await database_sync_to_async(services.device_hello)(device_pk=self.device_pk, hello=message)
+        await _database(services.device_hello)(device_pk=self.device_pk, hello=message)
         await self._send(
             {
                 "type": "welcome",
@@ -144,7 +194,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
                 "server_time": timezone.now().isoformat(),
             }
         )
-        await self._deliver_commands()
+        await self.deliver_commands(reconnected=True)
 
     async def _on_status(self, message: dict[str, Any]) -> None:
         buffer.set_status(self.device_pk, self.tenant_id, message)
@@ -159,26 +209,24 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         await self._advance(message, message["status"], result=message.get("result"), error=message.get("error", ""))
 
     async def _advance(self, message: dict[str, Any], status: str, **extra: Any) -> None:
-        command = await database_sync_to_async(services.command_advance)(
+        command = await _database(services.command_advance)(
             device_pk=self.device_pk, command_id=message["command_id"], status=status, **extra
         )
         if command is None:
             raise protocol.ProtocolError("unknown_command", "No such command for this device.", message["type"])
 
     async def _on_job_started(self, message: dict[str, Any]) -> None:
-        await database_sync_to_async(services.job_started)(
-            device_pk=self.device_pk, tenant_id=self.tenant_id, message=message
-        )
+        await _database(services.job_started)(device_pk=self.device_pk, tenant_id=self.tenant_id, message=message)
 
     async def _on_job_progress(self, message: dict[str, Any]) -> None:
-        job = await database_sync_to_async(services.job_progress)(
+        job = await _database(services.job_progress)(
             device_pk=self.device_pk, tenant_id=self.tenant_id, message=message
         )
         if job is None:
             raise protocol.ProtocolError("unknown_job", "No running job with this id.", message["type"])
 
     async def _on_job_finished(self, message: dict[str, Any]) -> None:
-        job = await database_sync_to_async(services.job_finished)(
+        job = await _database(services.job_finished)(
             device_pk=self.device_pk, tenant_id=self.tenant_id, message=message
         )
         if job is None:
@@ -198,7 +246,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     # --- Messages from the channel layer ----------------------------------------------------
 
     async def device_commands(self, event: dict[str, Any]) -> None:
-        await self._deliver_commands()
+        await self.deliver_commands()
 
     async def device_replaced(self, event: dict[str, Any]) -> None:
         self.authenticated = False  # the newer connection owns the device's state now
@@ -209,8 +257,8 @@ class DeviceConsumer(AsyncWebsocketConsumer):
 
     # --- Helpers ----------------------------------------------------------------------------
 
-    async def _deliver_commands(self) -> None:
-        frames = await database_sync_to_async(services.commands_take_for_delivery)(device_pk=self.device_pk)
+    async def deliver_commands(self, *, reconnected: bool = False) -> None:
+        frames = await _database(services.commands_take_for_delivery)(device_pk=self.device_pk, reconnected=reconnected)
         for frame in frames:
             await self.send(text_data=json.dumps(frame))
 

@@ -37,7 +37,7 @@ def send_to_device_channels(channels: list[str], message: dict[str, Any]) -> Non
     failures = [result for result in async_to_sync(send_all)() if isinstance(result, BaseException)]
     if failures:
         # The device collects its commands from the database when it (re)connects.
-        logger.warning("%d of %d pushes to devices failed: %s", len(failures), len(channels), failures[0])
+        logger.warning("%d of %d pushes to devices failed: %r", len(failures), len(channels), failures[0])
 
 
 def _to_browsers(tenant_id: int, event: dict[str, Any]) -> None:

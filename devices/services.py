@@ -16,6 +16,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from devices import keys, live
@@ -587,18 +588,27 @@ def commands_issue_bulk(
     return commands
 
 
-def commands_take_for_delivery(*, device_pk: int) -> list[dict[str, Any]]:
+# A command delivered but not acknowledged for this long is sent again with the next delivery.
+REDELIVER_AFTER = timedelta(seconds=30)
+
+
+def commands_take_for_delivery(*, device_pk: int, reconnected: bool = False) -> list[dict[str, Any]]:
     """Return the device's queued, unexpired commands as protocol frames and mark them delivered.
 
-    Delivered-but-unacknowledged commands are sent again: the device deduplicates by id.
+    Delivered-but-unacknowledged commands are sent again (the device deduplicates by id) when the
+    device has just connected, or once REDELIVER_AFTER has passed: re-sending them with every push
+    made a device that was sent many commands at once answer each of them many times over.
     """
     now = timezone.now()
+    waiting = Q(status=Command.Status.QUEUED) | Q(status=Command.Status.DELIVERED)
+    if not reconnected:
+        waiting = Q(status=Command.Status.QUEUED) | Q(
+            status=Command.Status.DELIVERED, delivered_at__lt=now - REDELIVER_AFTER
+        )
     with transaction.atomic():
         commands = list(
             Command.objects.select_for_update()
-            .filter(
-                device_id=device_pk, status__in=[Command.Status.QUEUED, Command.Status.DELIVERED], expires_at__gt=now
-            )
+            .filter(waiting, device_id=device_pk, expires_at__gt=now)
             .order_by("created_at", "id")[:100]
         )
         Command.objects.filter(pk__in=[command.pk for command in commands], status=Command.Status.QUEUED).update(
@@ -619,6 +629,25 @@ def commands_take_for_delivery(*, device_pk: int) -> list[dict[str, Any]]:
         }
         for command in commands
     ]
+
+
+def devices_with_undelivered_commands(*, device_pks: list[int], queued_before: datetime) -> list[int]:
+    """Return which of these devices have an unexpired command queued since before `queued_before`."""
+    now = timezone.now()
+    waiting: list[int] = []
+    for first in range(0, len(device_pks), 5000):  # within every database's limit of parameters
+        waiting += (
+            Command.objects.filter(
+                device_id__in=device_pks[first : first + 5000],
+                status=Command.Status.QUEUED,
+                created_at__lt=queued_before,
+                expires_at__gt=now,
+            )
+            .order_by()
+            .values_list("device_id", flat=True)
+            .distinct()
+        )
+    return waiting
 
 
 _NEXT_STATUS = {

@@ -163,7 +163,14 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # socket_timeout above the layer's 5 s blocking read: with redis-py 8 the default
             # timeout equals it and consumers die with TimeoutError (channels_redis#422).
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}]},
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+                # channels-redis counts this capacity per process, not per consumer: every consumer
+                # of a worker shares one Redis key. At the default 100 a bulk command to a few
+                # thousand devices, or a busy second, made pushes fail with ChannelFull. Pushes are
+                # small hints; a lost one is caught by the worker's undelivered-command sweep.
+                "capacity": env_int("CHANNEL_LAYER_CAPACITY", 20000),
+            },
         }
     }
 else:

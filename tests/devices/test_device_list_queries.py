@@ -47,7 +47,14 @@ def _queries_for(client, url: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "query", ["", "?sort=-last_seen&live=online", "?search=HOST-00001&failing=no", "?os=Linux&page=2", "?sort=version&page=2&size=25"]
+    "query",
+    [
+        "",
+        "?sort=-last_seen&live=online",
+        "?search=HOST-00001&failing=no",
+        "?os=Linux&page=2",
+        "?sort=version&page=2&size=25",
+    ],
 )
 def test_it_lists_30_or_300_devices_with_the_same_bounded_number_of_queries(
     acme, as_user, django_assert_max_num_queries, query

@@ -1,0 +1,98 @@
+"""Command delivery beyond the first push: no re-sends with every push, and a sweep that delivers
+commands whose push was lost. Through Channels' communicator and the real consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices import consumers, services
+from devices.models import Command, Device
+from tenants.audit import Actor
+from tests.devices.conftest import db
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _issue(acme, registration, kind: str = "ping") -> Command:
+    device = Device.objects.select_related("tenant").get(pk=registration.device.pk)
+    return services.command_issue(actor=Actor(user=acme.owner, role="owner"), device=device, kind=kind)
+
+
+def _queue_without_push(registration) -> Command:
+    """Write a command row as command_issue does, but with no push: as if the channel layer lost it."""
+    device = Device.objects.get(pk=registration.device.pk)
+    return Command.objects.create(
+        tenant_id=device.tenant_id,
+        device=device,
+        kind="ping",
+        parameters={},
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+
+
+async def test_it_sends_each_unacknowledged_command_once_per_push(acme, registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    first = await db(_issue)(acme, registration)
+    assert (await socket.receive())["command_id"] == str(first.command_id)
+    # A second command's push carries only the new command, not the first one again.
+    second = await db(_issue)(acme, registration)
+    assert (await socket.receive())["command_id"] == str(second.command_id)
+    assert await socket.communicator.receive_nothing(timeout=0.3)
+    await socket.close()
+
+
+def test_it_sends_an_unacknowledged_command_again_once_it_is_overdue(acme, registration):
+    command = _issue(acme, registration)
+    assert [frame["command_id"] for frame in services.commands_take_for_delivery(device_pk=command.device_id)] == [
+        str(command.command_id)
+    ]
+    assert services.commands_take_for_delivery(device_pk=command.device_id) == []
+    Command.objects.filter(pk=command.pk).update(delivered_at=timezone.now() - services.REDELIVER_AFTER * 2)
+    frames = services.commands_take_for_delivery(device_pk=command.device_id)
+    assert [frame["command_id"] for frame in frames] == [str(command.command_id)]
+    # On a reconnect every unacknowledged command goes again, overdue or not.
+    Command.objects.filter(pk=command.pk).update(delivered_at=timezone.now())
+    frames = services.commands_take_for_delivery(device_pk=command.device_id, reconnected=True)
+    assert [frame["command_id"] for frame in frames] == [str(command.command_id)]
+
+
+async def test_it_delivers_a_command_whose_push_was_lost(registration, device_socket, monkeypatch):
+    monkeypatch.setattr(consumers, "UNDELIVERED_SWEEP_SECONDS", 0.2)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_queue_without_push)(registration)
+    frame = await socket.receive(timeout=5)
+    assert frame["command_id"] == str(command.command_id)
+    assert (await db(Command.objects.get)(pk=command.pk)).status == "delivered"
+    await socket.close()
+
+
+def test_it_finds_only_queued_unexpired_commands_older_than_the_sweep(acme, registration):
+    fresh = _queue_without_push(registration)
+    device_pk = fresh.device_id
+    later = timezone.now() + timedelta(seconds=1)
+    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=fresh.created_at) == []
+    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=later) == [device_pk]
+    Command.objects.filter(pk=fresh.pk).update(status=Command.Status.DELIVERED)
+    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=later) == []
+    expired = _queue_without_push(registration)
+    Command.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=later) == []
+    assert services.devices_with_undelivered_commands(device_pks=[device_pk + 1000], queued_before=later) == []
+
+
+async def test_the_sweep_leaves_a_device_with_nothing_waiting_alone(registration, device_socket, monkeypatch):
+    monkeypatch.setattr(consumers, "UNDELIVERED_SWEEP_SECONDS", 0.1)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    await asyncio.sleep(0.5)
+    assert await socket.communicator.receive_nothing(timeout=0.3)
+    await socket.close()
