@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--live-every", type=int, default=5, help="mark every Nth device live while measuring")
-    parser.add_argument("--tuned", action="store_true", help="apply bench/tuned.py's page patches (an experiment)")
     parser.add_argument("--selectors", action="store_true", help="also time devices.selectors.device_list directly")
     parser.add_argument(
         "--database-url", default=common.os.environ.get("BENCH_DATABASE_URL", common.DEFAULT_DATABASE_URL)
@@ -128,13 +127,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.apply_env(args.database_url, args.redis_url)
     common.ensure_database(args.database_url)
     common.django_setup()
-    tunes = None
-    if args.tuned:
-        import tuned
-
-        tunes = sorted(tuned.apply(tuned.selected() & {"facets", "accounts", "search"}))
-        if "search" in tunes:
-            tuned.create_search_indexes()
     import seed
     from django.contrib.auth import get_user_model
     from django.db import connection
@@ -184,7 +176,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "code": common.code_version(),
         "targets": {"median_ms": TARGET_MEDIAN_MS, "p95_ms": TARGET_P95_MS, "queries": TARGET_QUERIES},
         "pages_exist": pages_exist,
-        "tuned": tunes,
         "loadavg_before": common.loadavg(),
         "cases": [],
     }
@@ -220,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
                 def run(filters: selectors.DeviceFilters = filters, page: int = page) -> list[Device]:
                     queryset = selectors.device_list(tenant=tenant, filters=filters)
-                    return list(queryset[(page - 1) * 50 : page * 50 + 1])
+                    return selectors.page_of(queryset, offset=(page - 1) * 50, limit=51)
 
                 durations, _ = timed(run, args.warmup, args.requests)
                 with CaptureQueriesContext(connection) as captured:
@@ -229,10 +220,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         with connection.cursor() as cursor:
             cursor.execute("UPDATE devices_device SET is_live = false WHERE tenant_id = %s AND is_live", [tenant.pk])
-        if tunes and "search" in tunes:
-            import tuned
-
-            tuned.create_search_indexes(drop=True)
     results["loadavg_after"] = common.loadavg()
     results["all_meet_targets"] = all(row["meets_targets"] for row in results["cases"])
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,9 +1,9 @@
 """An experiment, not the product: the portal's ASGI application with the patches of bench/tuned.py
-(the changes bench/README.md recommends), to measure them before anyone edits the real modules.
+(settings the product does not use), to measure them against it.
 
     python bench/capacity.py --app tuned_asgi:application --kinds portal --name capacity-tuned
 
-BENCH_TUNE=touch,persistent,freeze (comma-separated) picks the patches; all by default.
+BENCH_TUNE=persistent,gclog (comma-separated) picks the patches; all by default.
 """
 
 from __future__ import annotations
