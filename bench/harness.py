@@ -24,6 +24,10 @@ UVICORN_ARGS = [
     "false",
     "--lifespan",
     "off",
+    # As docs/deployment.md recommends: a restart closes the websockets and does not wait for
+    # thousands of goodbyes (a database write each).
+    "--timeout-graceful-shutdown",
+    "5",
     "--no-access-log",
     "--log-level",
     "warning",
@@ -101,8 +105,12 @@ class ServerSet:
         return all(process.poll() is None for process in self.processes)
 
     def stop(self) -> None:
-        for process in self.processes:
-            common.stop_process(process)
+        """Stop every server at once (SIGTERM to all, then wait), as a restart of all workers does."""
+        threads = [threading.Thread(target=common.stop_process, args=(process,)) for process in self.processes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         for log in self.logs:
             log.close()
 
@@ -540,3 +548,43 @@ def header(scenario: str, args: Any, argv: list[str] | None, script: str) -> dic
 
 def latency_summary(values: list[float]) -> dict[str, Any]:
     return common.summary_ms([value for value in values if value is not None])
+
+
+class OwnRedis:
+    """A Redis server of the bench's own, on its own port, that a scenario may kill and restart
+    without touching the machine's shared Redis (Debian's redis-server binary, nothing on disk)."""
+
+    def __init__(self, port: int, *, log_dir: Path) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(self.binary):
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.port, self.log_dir = port, log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += ["--maxclients", "10000", "--logfile", str(self.log_dir / f"redis-{self.port}.log")]
+        self.process = subprocess.Popen(command, cwd=self.log_dir, start_new_session=True)
+        common.wait_port(self.port, timeout=30, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            common.stop_process(self.process)
+            self.process = None
+
+    def connected_clients(self) -> int:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            return int(client.info("clients")["connected_clients"]) - 1  # less this very one
+        finally:
+            client.close()

@@ -255,9 +255,14 @@ class Device(asyncio.Protocol):
         if self.executed is None:
             self.executed = set()
         if command_id in self.executed:  # delivered again: acknowledge again, never run twice
+            fleet.stats["redelivered"] += 1
             self.send_json({"v": 1, "type": "command_ack", "command_id": command_id})
+            result = fleet.results.get(command_id)
+            if result is not None:  # the first result may have been lost with its connection
+                self.send_json(result)
             return
         self.executed.add(command_id)
+        fleet.stats["executed"] += 1
         if fleet.command_delay:
             asyncio.get_running_loop().call_later(fleet.command_delay, self.execute, command_id, kind, message)
         else:
@@ -305,9 +310,10 @@ class Device(asyncio.Protocol):
             result = {"entries": []}
         elif kind == "refresh_profile":
             self.send_status()
-        self.send_json(
-            {"v": 1, "type": "command_result", "command_id": command_id, "status": "succeeded", "result": result}
-        )
+        frame = {"v": 1, "type": "command_result", "command_id": command_id, "status": "succeeded", "result": result}
+        if len(self.fleet.results) < 100_000:
+            self.fleet.results[command_id] = frame
+        self.send_json(frame)
         if kind in ("drop_connection", "uninstall"):
             self.close(1000)
             if kind == "uninstall":
@@ -362,6 +368,8 @@ class Fleet:
         self.hellos: dict[int, bytes] = {}
         self.rng = random.Random(args.seed + shard)
         self.stats: Counter[str] = Counter()
+        # The result frame of each command run, to send again if the command is delivered again.
+        self.results: dict[str, dict[str, Any]] = {}
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()

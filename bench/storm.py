@@ -2,6 +2,7 @@
 
     python bench/storm.py                        # 10,000 devices, two workers, drop all
     python bench/storm.py --mode restart         # the same, by restarting both workers
+    python bench/storm.py --mode redis           # restart Redis (the bench's own) under the fleet
 
 The fleet first connects gently (at most --max-pending handshakes in flight) and stays connected
 for --settle seconds (> 60 s, so that each device's backoff starts again from its first step, as
@@ -10,14 +11,24 @@ behave on its own (no connection pacing) and either drops every connection at on
 the bench restarts both portal workers (`restart`: SIGTERM, then new processes on the same ports).
 Each device reconnects after the agent's full-jitter backoff: uniform in [0, min(60 s, 1 s x 2^n)].
 
+`redis` stops the bench's own Redis server (started on --own-redis-port: never the machine's
+shared one), waits --redis-down seconds and starts it again; whatever the workers do about it
+(their device sockets may survive or close) is what is measured.
+
+In every mode, --commands commands (ping, one bulk action over that many random devices) are
+issued right after the cut, while the devices are away; each must end `succeeded` exactly once
+(the simulator counts executions and repeated deliveries, and never runs a command twice, as the
+agent does). Redis's connected clients are counted before the cut and after the fleet is back.
+
 Reported: seconds until 50/90/99/100% of the devices were welcomed again, failed attempts (HTTP
-errors, timeouts after 20 s, refused connections), server CPU during the storm, and the number
-of devices the database shows live at the end.
+errors, timeouts after 20 s, refused connections), server CPU during the storm, the number of
+devices the database shows live at the end, the commands' outcome and the Redis client counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from typing import Any
 
@@ -28,14 +39,27 @@ import harness
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--mode", choices=["drop", "restart"], default="drop")
+    parser.add_argument("--mode", choices=["drop", "restart", "redis"], default="drop")
+    parser.add_argument("--commands", type=int, default=1000, help="commands issued while the devices are away")
+    parser.add_argument("--own-redis-port", type=int, default=6391)
+    parser.add_argument("--redis-down", type=float, default=5.0, help="seconds Redis stays down (mode redis)")
     parser.add_argument("--settle", type=float, default=65.0, help="seconds connected before the storm")
     parser.add_argument("--storm-timeout", type=float, default=900.0, help="give up waiting after this")
     harness.common_args(parser, name="storm", base_port=8700)
     parser.set_defaults(shards=2)
     args = parser.parse_args(argv)
     common.stop_on_sigterm()
+    own_redis = None
+    if not args.embedded:
+        # Its own Redis, so that the client count is the fleet's alone and `redis` mode may kill it.
+        own_redis = harness.OwnRedis(args.own_redis_port, log_dir=common.LOG_DIR / args.name)
+        args.redis_url = own_redis.url
     env, pg, seeded = harness.prepare(args, args.devices)
+    from devices import services
+    from devices.models import Command, Device
+    from tenants.audit import Actor
+    from tenants.models import Tenant
+
     results = harness.header("storm", args, argv, "storm.py")
     results.update(
         settings={
@@ -43,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "mode": args.mode,
             "workers": args.workers,
             "settle_seconds": args.settle,
+            "commands_during_the_cut": args.commands,
+            "redis": f"the bench's own redis-server on port {args.own_redis_port}" if own_redis else None,
             "backoff": "full jitter, [0, min(60, 1 x 2^attempt)] s; open timeout 20 s",
         },
         seeded=seeded,
@@ -68,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         common.log(f"storm: {args.devices} devices connected in {results['connect_seconds']} s; settling")
         time.sleep(args.settle)
         results["live_before"] = pg.live_devices()
+        results["redis_clients_before"] = own_redis.connected_clients() if own_redis else None
+        executed_before = shards.stats().get("stats", {}).get("executed", 0)
         # From here on every device acts on its own, as a real fleet does: no pacing.
         shards.send("pending 1000000")
         shards.send("rate 1000000")
@@ -76,6 +104,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.mode == "drop":
             shards.send("storm")
             shards.wait("storm_started", timeout=30)
+            cpu = common.CpuWindow(fleet.server_pids)
+        elif args.mode == "redis":
+            assert own_redis is not None
+            shards.send("watch")
+            shards.wait("storm_started", timeout=30)
+            own_redis.stop()
             cpu = common.CpuWindow(fleet.server_pids)
         else:
             shards.send("watch")
@@ -89,6 +123,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["restart_seconds"] = round(time.monotonic() - started, 2)
             results["old_server_pids_stopped"] = len(old_pids)
             cpu = common.CpuWindow(fleet.server_pids)
+        issued_pks = issue_while_away(args, services, Device, Tenant, Actor)
+        results["commands_issued_seconds"] = round(time.monotonic() - started, 2)
+        if args.mode == "redis":
+            assert own_redis is not None
+            time.sleep(max(0.0, args.redis_down - (time.monotonic() - started)))
+            own_redis.start()
+            results["redis_down_seconds"] = round(time.monotonic() - started, 2)
         try:
             done = shards.wait("storm_done", timeout=args.storm_timeout)
             results["completed"] = True
@@ -109,13 +150,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for key, value in item.get("stats", {}).items():
                 failures[key] = failures.get(key, 0) + value
         results["attempts"] = failures
-        time.sleep(3)
+        results["commands"] = commands_outcome(Command, issued_pks, timeout=120)
+        stats_after = shards.stats()
+        counters = stats_after.get("stats", {})
+        results["commands"]["executed_by_devices"] = counters.get("executed", 0) - executed_before
+        results["commands"]["run_twice"] = max(0, results["commands"]["executed_by_devices"] - len(issued_pks))
+        results["commands"]["redelivered_total"] = counters.get("redelivered", 0)
+        time.sleep(10)  # let reconnects and pools settle before counting Redis clients
+        results["redis_clients_after"] = own_redis.connected_clients() if own_redis else None
         results["live_after"] = pg.live_devices()
         results["devices_per_worker_after"] = harness.workers_of_live_devices(pg)
     finally:
         fleet.stop()
         pg.reset_presence()
         pg.close()
+        if own_redis is not None:
+            own_redis.stop()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path = common.write_result(args.name, results, args.results_dir)
     print(
@@ -131,11 +181,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "server_cpu_percent",
                 "live_before",
                 "live_after",
+                "commands",
+                "redis_clients_before",
+                "redis_clients_after",
             )
         }
     )
     common.log(f"wrote {path}")
     return results
+
+
+def issue_while_away(args: Any, services: Any, device_model: Any, tenant_model: Any, actor_class: Any) -> list[int]:
+    """Issue one ping each to --commands random devices of the bench tenant, as one bulk action."""
+    if not args.commands:
+        return []
+    tenant = tenant_model.objects.get(slug="bench-0")
+    pks = list(device_model.objects.filter(tenant=tenant).values_list("pk", flat=True)[: args.devices])
+    chosen = set(random.Random(5).sample(pks, min(args.commands, len(pks))))
+    devices = list(device_model.objects.filter(pk__in=chosen).select_related("tenant"))
+    commands = services.commands_issue_bulk(
+        actor=actor_class(label="bench", role="owner"), tenant=tenant, devices=devices, kind="ping"
+    )
+    return [command.pk for command in commands]
+
+
+def commands_outcome(command_model: Any, pks: list[int], *, timeout: float) -> dict[str, Any]:
+    """Wait until every command has ended (or the timeout); count them by status."""
+    started = time.monotonic()
+    while pks and time.monotonic() - started < timeout:
+        if not command_model.objects.filter(pk__in=pks, finished_at__isnull=True).exists():
+            break
+        time.sleep(0.5)
+    by_status: dict[str, int] = {}
+    for status in command_model.objects.filter(pk__in=pks).values_list("status", flat=True):
+        by_status[status] = by_status.get(status, 0) + 1
+    return {
+        "issued": len(pks),
+        "by_status": by_status,
+        "lost": len(pks) - by_status.get("succeeded", 0),
+        "seconds_until_all_ended_after_the_fleet_was_back": round(time.monotonic() - started, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -182,3 +182,109 @@ def test_seed_writes_known_tokens(bench_env, tmp_path):
     output = run_bench("seed.py", ["--tenants", "2", "--devices", "40", "--migrate", "--quiet"], seed_env)
     figures = json.loads(output.strip().splitlines()[-1])
     assert figures["devices"] == 40 and figures["tenants"] == 2 and figures["accounts"] == 8
+
+
+def _needs_postgres_and_redis(args: list[str]) -> None:
+    if "--embedded" in args or "" in args:
+        pytest.skip("scenario 2 runs two workers behind HAProxy: it needs PostgreSQL and Redis")
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_commands_round_trip_through_the_proxy_reaches_the_browser(bench_env, tmp_path):
+    env, args, _ = bench_env
+    _needs_postgres_and_redis(args)
+    run_bench(
+        "commands.py",
+        [
+            *args,
+            "--devices",
+            "20",
+            "--rates",
+            "10",
+            "--seconds",
+            "2",
+            "--echo-seconds",
+            "2",
+            "--base-port",
+            str(_free_base_port()),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "cmd",
+        ],
+        env,
+    )
+    result = read_result(tmp_path, "cmd")
+    level = result["levels"][0]
+    assert level["accepted"] == level["issued"] == 20, level
+    assert level["pushed_to_browser"] == 20 and level["lost"] == 0, level
+    assert level["round_trip"]["count"] == 20
+    # Both workers served API requests or held devices: the proxy spread the work.
+    assert len(result["devices_per_worker"]) == 2, result["devices_per_worker"]
+    assert result["summary"]["echo_p50_ms"] is not None
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("mode", ["drop", "restart", "redis"])
+def test_storm_brings_every_device_back_and_loses_no_command(bench_env, tmp_path, mode):
+    env, args, _ = bench_env
+    if mode == "redis" and "--embedded" in args:
+        pytest.skip("the embedded default has no Redis to restart")
+    run_bench(
+        "storm.py",
+        [
+            *args,
+            "--devices",
+            "20",
+            "--shards",
+            "1",
+            "--settle",
+            "2",
+            "--commands",
+            "10",
+            "--mode",
+            mode,
+            "--redis-down",
+            "1",
+            "--own-redis-port",
+            str(_free_base_port()),
+            "--base-port",
+            str(_free_base_port()),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "storm",
+        ],
+        env,
+        timeout=400,
+    )
+    result = read_result(tmp_path, "storm")
+    assert result["completed"] and result["live_after"] in (20, None), result
+    assert result["commands"]["issued"] == 10 and result["commands"]["lost"] == 0, result["commands"]
+    assert result["commands"]["run_twice"] == 0, result["commands"]
+
+
+def test_bulk_command_reaches_every_device(bench_env, tmp_path):
+    env, args, _ = bench_env
+    run_bench(
+        "bulk.py",
+        [
+            *args,
+            "--devices",
+            "20",
+            "--shards",
+            "1",
+            "--base-port",
+            str(_free_base_port()),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "bulk",
+        ],
+        env,
+    )
+    result = read_result(tmp_path, "bulk")
+    assert result["live_devices"] == 20
+    assert result["statuses"] == {"succeeded": 20}, result["statuses"]
+    assert result["all_delivered_s"] is not None and result["all_finished_s"] is not None
