@@ -818,9 +818,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--control", action="store_true", help="read commands from stdin")
     parser.add_argument("--report-every", type=float, default=0.0, help="progress line on stderr every N s")
     parser.add_argument("--secret", default=common.DEFAULT_SECRET)
+    parser.add_argument("--secret-env", default=None, help="read the secret from this environment variable")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-uvloop", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.secret_env:
+        args.secret = os.environ[args.secret_env]
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

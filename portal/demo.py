@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass
@@ -10,8 +13,8 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from devices.models import BackupAccount
-from devices.services import account_create, account_reset_password
+from devices.models import BackupAccount, Device
+from devices.services import account_create, account_reset_password, token_hash
 from tenants.audit import Actor, audit_record
 from tenants.models import Membership, Tenant
 from tenants.roles import Role
@@ -140,3 +143,62 @@ def demo_fleet_prepare(*, data_dir: Path, devices: int) -> DemoFleet:
                 (documents / f"report-{index:03d}.txt").write_text(f"Demo device {number}, report {index}\n" * 400)
         roots.append(root)
     return DemoFleet(username=DEMO_ACCOUNT_USERNAME, password=password_file.read_text().strip(), device_roots=roots)
+
+
+SIMULATED_ACCOUNT_USERNAME = "simulated-fleet"
+
+
+def simulated_device_token(secret: str, index: int) -> str:
+    """Return simulated device `index`'s token, derived as bench/simulator.py derives it."""
+    digest = hmac.new(secret.encode(), f"device:{index}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def demo_simulated_fleet_prepare(*, data_dir: Path, devices: int) -> str:
+    """Register `devices` simulated devices in the demo tenant; return the secret their tokens come from.
+
+    bench/simulator.py then plays them over the real device protocol (`--simulated N`), so the demo
+    shows a fleet of hundreds on the device pages. The secret is made once and kept in data_dir
+    (mode 0600); devices are registered directly (one bulk insert), not through the L-key login,
+    because registering 200 devices one bcrypt verification at a time would take minutes.
+    """
+    fleet_dir = data_dir / "demo-fleet"
+    fleet_dir.mkdir(parents=True, exist_ok=True)
+    secret_file = fleet_dir / "simulator-secret"
+    if not secret_file.exists():
+        descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    secret = secret_file.read_text().strip()
+    tenant = Tenant.objects.get(slug=DEMO_TENANT_SLUG)
+    account = BackupAccount.objects.filter(tenant=tenant, username=SIMULATED_ACCOUNT_USERNAME).first()
+    if account is None:
+        account = account_create(
+            actor=DEMO_ACTOR,
+            tenant=tenant,
+            username=SIMULATED_ACCOUNT_USERNAME,
+            password=demo_password(),
+            display_name="Simulated fleet",
+            email="fleet@demo.invalid",
+        )
+    existing = set(Device.objects.filter(account=account).values_list("device_id", flat=True))
+    Device.objects.bulk_create(
+        [
+            Device(
+                tenant=tenant,
+                account=account,
+                device_id=simulated_device_id(index),
+                name=f"sim-{index:04d}",
+                token_hash=token_hash(simulated_device_token(secret, index)),
+            )
+            for index in range(devices)
+            if simulated_device_id(index) not in existing
+        ],
+        batch_size=1000,
+    )
+    return secret
+
+
+def simulated_device_id(index: int) -> str:
+    """The client-generated id bench/simulator.py gives device `index`."""
+    return f"bench-{index:07d}"

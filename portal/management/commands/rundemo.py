@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from portal.demo import DEMO_TENANT_SLUG, DemoFleet, demo_fleet_prepare, demo_prepare
+from portal.demo import DEMO_TENANT_SLUG, DemoFleet, demo_fleet_prepare, demo_prepare, demo_simulated_fleet_prepare
 from portal.supervisor import ChildSpec, Supervisor
 
 
@@ -81,6 +81,20 @@ def agent_argv(*, server: str, fleet: DemoFleet, root: Path, number: int) -> lis
     return [*argv, "--allow-browse"] if number == 1 else argv
 
 
+DEMO_SIMULATOR_SECRET_VARIABLE = "DEMO_SIMULATOR_SECRET"
+
+
+def simulator_argv(*, host: str, port: int, devices: int) -> list[str]:
+    """Return the command line of the fleet simulator (bench/simulator.py) playing `devices` devices."""
+    return [
+        sys.executable, str(Path(settings.BASE_DIR) / "bench" / "simulator.py"),
+        "--host", host, "--ports", str(port), "--devices", str(devices),
+        "--secret-env", DEMO_SIMULATOR_SECRET_VARIABLE,
+        # Stay connected until the demo stops; 30 connections a second, a gentle start.
+        "--hold", "1e9", "--duration", "1e9", "--connect-rate", "30", "--ping-samples", "1",
+    ]  # fmt: skip
+
+
 def ensure_port_free(host: str, port: int) -> None:
     """Fail early, and clearly, when another program listens on the address the web server needs."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -109,6 +123,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--agents", type=int, default=3, help="Reference device agents to run as demo devices (default 3)."
         )
+        parser.add_argument(
+            "--simulated",
+            type=int,
+            default=0,
+            help="Also run this many simulated devices (bench/simulator.py, the real protocol), e.g. 200.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
@@ -123,6 +143,10 @@ class Command(BaseCommand):
         login = demo_prepare()
         fleet = demo_fleet_prepare(data_dir=Path(settings.DATA_DIR), devices=max(0, options["agents"]))
         devices = len(fleet.device_roots)
+        simulated = max(0, options["simulated"])
+        simulator_secret = (
+            demo_simulated_fleet_prepare(data_dir=Path(settings.DATA_DIR), devices=simulated) if simulated else ""
+        )
 
         display_host = f"[{host}]" if ":" in host else host
         url = f"http://{display_host}:{port}/"
@@ -143,6 +167,7 @@ class Command(BaseCommand):
                     f"    password  {login.password}",
                     "  The password is random and changes every time this command starts.",
                     *([f"  Demo devices: {devices} agents of backup account {fleet.username}."] if devices else []),
+                    *([f"  Simulated devices: {simulated} (backup account simulated-fleet)."] if simulated else []),
                     "",
                     "  Data is kept in " + str(settings.DATA_DIR) + ". Press Ctrl-C to stop everything.",
                     "",
@@ -163,10 +188,22 @@ class Command(BaseCommand):
             )
             for number, root in enumerate(fleet.device_roots, start=1)
         ]
+        if simulated:
+            simulator_host = "127.0.0.1" if listens_everywhere else host
+            specs.append(
+                ChildSpec(
+                    "simulator", simulator_argv(host=simulator_host, port=port, devices=simulated), essential=False
+                )
+            )
 
         supervisor = Supervisor(
             specs,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", DEMO_AGENT_PASSWORD_VARIABLE: fleet.password},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                DEMO_AGENT_PASSWORD_VARIABLE: fleet.password,
+                DEMO_SIMULATOR_SECRET_VARIABLE: simulator_secret,
+            },
             cwd=settings.BASE_DIR,
             on_ready=lambda name: supervisor.say("run", f"ready: {url} (log in as {login.username})"),
         )
