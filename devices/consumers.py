@@ -69,18 +69,20 @@ async def _sweep_undelivered() -> None:
     """
     while True:
         await asyncio.sleep(UNDELIVERED_SWEEP_SECONDS)
-        consumers = {consumer.device_pk: consumer for consumer in _LIVE.values() if consumer.authenticated}
-        if not consumers:
+        consumer = next(iter(_LIVE.values()), None)
+        if consumer is None:
             continue
+        # Every channel of this process starts with the same prefix (channels-redis: one per process).
+        prefix = consumer.channel_name.split("!", 1)[0] + "!"
         try:
             waiting = await _database(services.devices_with_undelivered_commands)(
-                device_pks=list(consumers), queued_before=timezone.now() - timedelta(seconds=UNDELIVERED_SWEEP_SECONDS)
+                channel_prefix=prefix, queued_before=timezone.now() - timedelta(seconds=UNDELIVERED_SWEEP_SECONDS)
             )
         except Exception:  # the database is away: the next sweep tries again
             logger.exception("Looking for undelivered commands failed")
             continue
-        for device_pk in waiting:
-            consumer = consumers.get(device_pk)
+        for _, channel in waiting:
+            consumer = _LIVE.get(channel)
             if consumer is not None and consumer.authenticated:
                 await consumer.deliver_commands()
 

@@ -631,23 +631,24 @@ def commands_take_for_delivery(*, device_pk: int, reconnected: bool = False) -> 
     ]
 
 
-def devices_with_undelivered_commands(*, device_pks: list[int], queued_before: datetime) -> list[int]:
-    """Return which of these devices have an unexpired command queued since before `queued_before`."""
-    now = timezone.now()
-    waiting: list[int] = []
-    for first in range(0, len(device_pks), 5000):  # within every database's limit of parameters
-        waiting += (
-            Command.objects.filter(
-                device_id__in=device_pks[first : first + 5000],
-                status=Command.Status.QUEUED,
-                created_at__lt=queued_before,
-                expires_at__gt=now,
-            )
-            .order_by()
-            .values_list("device_id", flat=True)
-            .distinct()
+def devices_with_undelivered_commands(*, channel_prefix: str, queued_before: datetime) -> list[tuple[int, str]]:
+    """Return (device, its connection channel) for the live devices of one worker process (whose
+    channels start with `channel_prefix`) that have an unexpired command queued before `queued_before`.
+
+    One query with one parameter per sweep, whatever the number of devices the process holds; the
+    partial index on queued commands keeps it proportional to the commands waiting.
+    """
+    return list(
+        Command.objects.filter(
+            status=Command.Status.QUEUED,
+            created_at__lt=queued_before,
+            expires_at__gt=timezone.now(),
+            device__connection_channel__startswith=channel_prefix,
         )
-    return waiting
+        .order_by()
+        .values_list("device_id", "device__connection_channel")
+        .distinct()
+    )
 
 
 _NEXT_STATUS = {

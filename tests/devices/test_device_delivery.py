@@ -74,18 +74,24 @@ async def test_it_delivers_a_command_whose_push_was_lost(registration, device_so
     await socket.close()
 
 
-def test_it_finds_only_queued_unexpired_commands_older_than_the_sweep(acme, registration):
+def test_it_finds_only_queued_unexpired_commands_of_the_process_older_than_the_sweep(acme, registration):
+    Device.objects.filter(pk=registration.device.pk).update(connection_channel="specific.worker-a!abc")
     fresh = _queue_without_push(registration)
     device_pk = fresh.device_id
     later = timezone.now() + timedelta(seconds=1)
-    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=fresh.created_at) == []
-    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=later) == [device_pk]
+
+    def waiting(prefix: str = "specific.worker-a!", before=later):
+        return services.devices_with_undelivered_commands(channel_prefix=prefix, queued_before=before)
+
+    assert waiting(before=fresh.created_at) == []
+    assert waiting() == [(device_pk, "specific.worker-a!abc")]
+    # Another process's devices are not this process's business.
+    assert waiting("specific.worker-b!") == []
     Command.objects.filter(pk=fresh.pk).update(status=Command.Status.DELIVERED)
-    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=later) == []
+    assert waiting() == []
     expired = _queue_without_push(registration)
     Command.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert services.devices_with_undelivered_commands(device_pks=[device_pk], queued_before=later) == []
-    assert services.devices_with_undelivered_commands(device_pks=[device_pk + 1000], queued_before=later) == []
+    assert waiting() == []
 
 
 async def test_the_sweep_leaves_a_device_with_nothing_waiting_alone(registration, device_socket, monkeypatch):
