@@ -1,6 +1,6 @@
 """Scenario 2, command round trip: REST API request -> device -> result stored -> pushed to a browser.
 
-    python bench/commands.py                              # 1,000 devices; 50..600 commands/s
+    python bench/commands.py                              # 1,000 devices; 5..80 commands/s
     python bench/commands.py --devices 20000 --shards 2   # the same at 20,000 connected
 
 Two portal workers (uvicorn, production settings: PostgreSQL, channels-redis) behind HAProxy
@@ -235,7 +235,7 @@ def echo_baseline(args: Any, devices: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--rates", default="50,100,200,400,600", help="commands per second, one level each")
+    parser.add_argument("--rates", default="5,10,20,40,80", help="commands per second, one level each")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per level")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive API connections")
     parser.add_argument("--proxy-devices-max", type=int, default=8000)
@@ -322,6 +322,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rng=rng,
                 )
                 level["server_cpu_percent"] = cpu.percent()
+                # What one command costs the servers (both workers and HAProxy), and so the rate
+                # at which they would fill every core of this machine.
+                busy_ms = level["server_cpu_percent"] / 100 * (time.monotonic() - cpu.started) * 1000
+                level["server_cpu_ms_per_command"] = round(busy_ms / max(1, level["pushed_to_browser"]), 2)
                 level["loadavg_before"], level["loadavg_after"] = load_before, common.loadavg()
                 levels.append(level)
                 common.log(
@@ -368,8 +372,12 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     echo = [shard.get("p50_ms") for shard in (results.get("baseline_echo", {}).get("ping_rtt_by_shard") or [])]
     echo_p50 = min([value for value in echo if value], default=None)
     at_lowest = levels[0]["round_trip"] if levels else {}
+    cost = [level["server_cpu_ms_per_command"] for level in levels if level.get("pushed_to_browser")]
+    cost_ms = sorted(cost)[len(cost) // 2] if cost else None
     return {
         "devices": results["settings"]["devices"],
+        "server_cpu_ms_per_command": cost_ms,
+        "commands_per_second_per_core_at_most": round(1000 / cost_ms, 1) if cost_ms else None,
         "lowest_rate": levels[0]["rate_offered"] if levels else None,
         "round_trip_at_lowest_rate": at_lowest,
         "highest_rate_meeting_latency_targets": max((level["rate_offered"] for level in meeting), default=None),

@@ -88,7 +88,9 @@ def commands_rows(result: dict[str, Any], label: str) -> list[list[str]]:
         [
             f"2. command round trip, {label}: sustained commands/s",
             "≥ 500/s",
-            f"{fmt(highest)}/s completed at best; targets held up to {fmt(best)}/s; {fmt(lost)} lost",
+            f"{fmt(highest)}/s completed at best; targets held up to {fmt(best)}/s; {fmt(lost)} lost; "
+            f"{fmt(summary.get('server_cpu_ms_per_command'))} ms of server CPU a command "
+            f"(≤ {fmt(summary.get('commands_per_second_per_core_at_most'))}/s per core)",
             "",
             "",
             ok(best is not None and best >= 500 and not lost),
