@@ -75,16 +75,18 @@ async def _sweep_undelivered() -> None:
         # Every channel of this process starts with the same prefix (channels-redis: one per process).
         prefix = consumer.channel_name.split("!", 1)[0] + "!"
         try:
-            waiting = await _database(services.devices_with_undelivered_commands)(
+            frames_by_channel = await _database(services.commands_take_queued_of_worker)(
                 channel_prefix=prefix, queued_before=timezone.now() - timedelta(seconds=UNDELIVERED_SWEEP_SECONDS)
             )
         except Exception:  # the database is away: the next sweep tries again
-            logger.exception("Looking for undelivered commands failed")
+            logger.exception("Taking undelivered commands failed")
             continue
-        for _, channel in waiting:
+        for channel, frames in frames_by_channel.items():
             consumer = _LIVE.get(channel)
+            # Gone since: its commands are marked delivered, and go again when the device reconnects.
             if consumer is not None and consumer.authenticated:
-                await consumer.deliver_commands()
+                for frame in frames:
+                    await consumer.send(text_data=json.dumps(frame))
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:

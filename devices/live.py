@@ -15,6 +15,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
+PUSHES_IN_FLIGHT = 50
 
 
 def devices_group_name(tenant_id: int) -> str:
@@ -31,12 +32,21 @@ def send_to_device_channels(channels: list[str], message: dict[str, Any]) -> Non
     if layer is None or not channels:
         return
 
+    # At most this many sends in flight: a bulk command to 10,000 devices sent all at once ran
+    # the layer out of Redis connections (MaxConnectionsError) for 99 % of them.
+    in_flight = asyncio.Semaphore(PUSHES_IN_FLIGHT)
+
+    async def send_one(channel: str) -> None:
+        async with in_flight:
+            await layer.send(channel, message)
+
     async def send_all() -> list[Any]:
-        return await asyncio.gather(*(layer.send(channel, message) for channel in channels), return_exceptions=True)
+        return await asyncio.gather(*(send_one(channel) for channel in channels), return_exceptions=True)
 
     failures = [result for result in async_to_sync(send_all)() if isinstance(result, BaseException)]
     if failures:
-        # The device collects its commands from the database when it (re)connects.
+        # The worker's sweep delivers the commands within seconds, and a device collects them anyway
+        # when it (re)connects.
         logger.warning("%d of %d pushes to devices failed: %r", len(failures), len(channels), failures[0])
 
 

@@ -584,10 +584,15 @@ def commands_issue_bulk(
         ]
     )
     channels = [device.connection_channel for device in devices if device.connection_channel]
-    transaction.on_commit(lambda: live.send_to_device_channels(channels, {"type": "device.commands"}))
+    if len(channels) <= BULK_PUSHES_MAX:
+        transaction.on_commit(lambda: live.send_to_device_channels(channels, {"type": "device.commands"}))
+    # Larger actions go without a push per device: each worker's sweep takes all of its devices'
+    # commands in one transaction within two sweeps (4 s), where 10,000 pushes cost 10,000 takes.
     return commands
 
 
+# A bulk action to more devices than this pushes to none of them (see commands_issue_bulk).
+BULK_PUSHES_MAX = 100
 # A command delivered but not acknowledged for this long is sent again with the next delivery.
 REDELIVER_AFTER = timedelta(seconds=30)
 
@@ -618,37 +623,60 @@ def commands_take_for_delivery(*, device_pk: int, reconnected: bool = False) -> 
         if command.status == Command.Status.QUEUED:
             command.status = Command.Status.DELIVERED
             live.command_status(command)
-    return [
-        {
-            "v": 1,
-            "type": "command",
-            "command_id": str(command.command_id),
-            "kind": command.kind,
-            "parameters": command.parameters,
-            "expires_at": command.expires_at.isoformat(),
-        }
-        for command in commands
-    ]
+    return [_command_frame(command) for command in commands]
 
 
-def devices_with_undelivered_commands(*, channel_prefix: str, queued_before: datetime) -> list[tuple[int, str]]:
-    """Return (device, its connection channel) for the live devices of one worker process (whose
-    channels start with `channel_prefix`) that have an unexpired command queued before `queued_before`.
+def _command_frame(command: Command) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "type": "command",
+        "command_id": str(command.command_id),
+        "kind": command.kind,
+        "parameters": command.parameters,
+        "expires_at": command.expires_at.isoformat(),
+    }
 
-    One query with one parameter per sweep, whatever the number of devices the process holds; the
-    partial index on queued commands keeps it proportional to the commands waiting.
+
+# Beyond this many commands in one delivery, browsers get no status push per command (they would
+# get thousands at once); the device list shows the stored status.
+LIVE_STATUS_PUSHES_MAX = 200
+# A worker's sweep delivers at most this many commands a round; the rest go in the next one.
+SWEEP_BATCH = 20_000
+
+
+def commands_take_queued_of_worker(*, channel_prefix: str, queued_before: datetime) -> dict[str, list[dict[str, Any]]]:
+    """Take the queued commands of every device connected to one worker process (channels starting
+    with `channel_prefix`) queued before `queued_before`: mark them delivered and return their
+    frames by connection channel.
+
+    One transaction for all the worker's devices, so a bulk command to thousands of devices costs
+    the worker one round trip instead of one per device; the partial index on queued commands
+    keeps the query proportional to the commands waiting.
     """
-    return list(
-        Command.objects.filter(
-            status=Command.Status.QUEUED,
-            created_at__lt=queued_before,
-            expires_at__gt=timezone.now(),
-            device__connection_channel__startswith=channel_prefix,
+    now = timezone.now()
+    with transaction.atomic():
+        commands = list(
+            Command.objects.select_for_update(of=("self",))
+            .filter(
+                status=Command.Status.QUEUED,
+                created_at__lt=queued_before,
+                expires_at__gt=now,
+                device__connection_channel__startswith=channel_prefix,
+            )
+            .select_related("device")
+            .order_by("created_at", "id")[:SWEEP_BATCH]
         )
-        .order_by()
-        .values_list("device_id", "device__connection_channel")
-        .distinct()
-    )
+        Command.objects.filter(pk__in=[command.pk for command in commands], status=Command.Status.QUEUED).update(
+            status=Command.Status.DELIVERED, delivered_at=now
+        )
+    frames: dict[str, list[dict[str, Any]]] = {}
+    for command in commands:
+        command.status, command.delivered_at = Command.Status.DELIVERED, now
+        frames.setdefault(command.device.connection_channel, []).append(_command_frame(command))
+    if len(commands) <= LIVE_STATUS_PUSHES_MAX:
+        for command in commands:
+            live.command_status(command)
+    return frames
 
 
 _NEXT_STATUS = {

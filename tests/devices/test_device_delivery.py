@@ -74,24 +74,47 @@ async def test_it_delivers_a_command_whose_push_was_lost(registration, device_so
     await socket.close()
 
 
-def test_it_finds_only_queued_unexpired_commands_of_the_process_older_than_the_sweep(acme, registration):
+def test_it_takes_only_queued_unexpired_commands_of_the_process_older_than_the_sweep(acme, registration):
     Device.objects.filter(pk=registration.device.pk).update(connection_channel="specific.worker-a!abc")
     fresh = _queue_without_push(registration)
-    device_pk = fresh.device_id
     later = timezone.now() + timedelta(seconds=1)
 
-    def waiting(prefix: str = "specific.worker-a!", before=later):
-        return services.devices_with_undelivered_commands(channel_prefix=prefix, queued_before=before)
+    def take(prefix: str = "specific.worker-a!", before=later):
+        return services.commands_take_queued_of_worker(channel_prefix=prefix, queued_before=before)
 
-    assert waiting(before=fresh.created_at) == []
-    assert waiting() == [(device_pk, "specific.worker-a!abc")]
+    assert take(before=fresh.created_at) == {}
     # Another process's devices are not this process's business.
-    assert waiting("specific.worker-b!") == []
-    Command.objects.filter(pk=fresh.pk).update(status=Command.Status.DELIVERED)
-    assert waiting() == []
+    assert take("specific.worker-b!") == {}
+    frames = take()
+    assert list(frames) == ["specific.worker-a!abc"]
+    assert [frame["command_id"] for frame in frames["specific.worker-a!abc"]] == [str(fresh.command_id)]
+    assert Command.objects.get(pk=fresh.pk).status == "delivered"
+    assert take() == {}  # taken once
     expired = _queue_without_push(registration)
     Command.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert waiting() == []
+    assert take() == {}
+
+
+async def test_a_large_bulk_command_reaches_devices_through_the_sweep_alone(
+    acme, registration, device_socket, monkeypatch
+):
+    monkeypatch.setattr(consumers, "UNDELIVERED_SWEEP_SECONDS", 0.2)
+    monkeypatch.setattr(services, "BULK_PUSHES_MAX", 0)  # as if the action named thousands of devices
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+
+    def issue_bulk() -> list[Command]:
+        devices = list(Device.objects.filter(pk=registration.device.pk).select_related("tenant"))
+        return services.commands_issue_bulk(
+            actor=Actor(user=acme.owner, role="owner"), tenant=acme.tenant, devices=devices, kind="ping"
+        )
+
+    [command] = await db(issue_bulk)()
+    frame = await socket.receive(timeout=5)
+    assert frame["command_id"] == str(command.command_id)
+    assert await socket.communicator.receive_nothing(timeout=0.5)  # once, not again by a push
+    await socket.close()
 
 
 async def test_the_sweep_leaves_a_device_with_nothing_waiting_alone(registration, device_socket, monkeypatch):
