@@ -29,6 +29,8 @@ CLOSE_REVOKED = 4003
 CLOSE_HEARTBEAT_TIMEOUT = 4008
 CLOSE_FRAME_TOO_LARGE = 4009
 CLOSE_RATE_LIMITED = 4029
+# The server is busy (a reconnect storm): back off and try again; 4000 + RFC 6455's 1013.
+CLOSE_TRY_AGAIN_LATER = 4013
 
 ENGINES = {
     "files",

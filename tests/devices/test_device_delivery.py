@@ -125,3 +125,17 @@ async def test_the_sweep_leaves_a_device_with_nothing_waiting_alone(registration
     await asyncio.sleep(0.5)
     assert await socket.communicator.receive_nothing(timeout=0.3)
     await socket.close()
+
+
+async def test_it_turns_devices_away_while_too_many_handshakes_wait(registration, device_socket, monkeypatch):
+    monkeypatch.setattr(consumers, "_handshakes_in_progress", consumers.MAX_HANDSHAKES_IN_PROGRESS)
+    busy = device_socket(registration.token)
+    await busy.connect()
+    assert await busy.receive_close_code() == 4013
+    assert not (await db(Device.objects.get)(pk=registration.device.pk)).is_live
+    monkeypatch.setattr(consumers, "_handshakes_in_progress", 0)
+    welcome = device_socket(registration.token)
+    await welcome.connect()
+    await welcome.hello()
+    assert consumers._handshakes_in_progress == 0  # every handshake gave its place back
+    await welcome.close()
