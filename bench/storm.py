@@ -196,7 +196,9 @@ def issue_while_away(args: Any, services: Any, device_model: Any, tenant_model: 
     if not args.commands:
         return []
     tenant = tenant_model.objects.get(slug="bench-0")
-    pks = list(device_model.objects.filter(tenant=tenant).values_list("pk", flat=True)[: args.devices])
+    # The fleet's own devices (the simulator plays devices 0 .. --devices - 1), not any of the seeded ones.
+    fleet_ids = [common.device_uid(index) for index in range(args.devices)]
+    pks = list(device_model.objects.filter(tenant=tenant, device_id__in=fleet_ids).values_list("pk", flat=True))
     chosen = set(random.Random(5).sample(pks, min(args.commands, len(pks))))
     devices = list(device_model.objects.filter(pk__in=chosen).select_related("tenant"))
     commands = services.commands_issue_bulk(
