@@ -74,9 +74,10 @@ def post_signed(
     licence_key: str,
     idempotency_key: str,
     content_encoding: str = "",
-    timeout: float = conf.REQUEST_TIMEOUT_SECONDS,
+    timeout: float | None = None,
 ) -> Answer:
     """POST `body` to one of the service's endpoints, signed; return its JSON answer."""
+    timeout = conf.request_timeout() if timeout is None else timeout
     url = conf.service_url(endpoint)
     headers = signed_headers(
         key=licence_key,

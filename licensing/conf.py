@@ -19,10 +19,6 @@ ROLES = (PORTAL, SERVICE, BOTH)
 # A signed request whose timestamp is further than this from the service's clock is refused: a
 # captured request cannot be replayed later, and a portal's clock may drift this much.
 REPLAY_WINDOW = timedelta(minutes=5)
-# Seconds the portal waits for the service before counting an attempt as failed.
-REQUEST_TIMEOUT_SECONDS = 30
-# A sender holds the oldest unsent report this long; a crashed sender's claim lapses after it.
-SEND_LEASE = timedelta(seconds=2 * REQUEST_TIMEOUT_SECONDS + 30)
 # Exponential backoff between failed deliveries (Celery's own full-jitter formula): 30 s, 60 s,
 # 120 s ... capped at one hour, so a service that is down for days gets about one try an hour.
 BACKOFF_FACTOR_SECONDS = 30
@@ -50,6 +46,16 @@ def reports_enabled() -> bool:
 def service_enabled() -> bool:
     """Return whether this installation is (also) the licensing service that receives them."""
     return role() in (SERVICE, BOTH)
+
+
+def request_timeout() -> float:
+    """Seconds the portal waits for the service before counting an attempt as failed."""
+    return float(settings.LICENSING_TIMEOUT_SECONDS)
+
+
+def send_lease() -> timedelta:
+    """How long a sender holds the oldest unsent report; a crashed sender's claim lapses after it."""
+    return timedelta(seconds=2 * request_timeout() + 30)
 
 
 def grace_period() -> timedelta:

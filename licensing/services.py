@@ -135,13 +135,19 @@ def usage_report_create(*, period: date | None = None, now: datetime | None = No
 
 
 class DeliveryFailed(Exception):
-    """The oldest unsent report could not be delivered; try again in `retry_in` seconds."""
+    """The oldest unsent report could not be delivered; try again in `retry_in` seconds.
 
-    def __init__(self, report: UsageReport, retry_in: int, reason: str) -> None:
-        super().__init__(f"Usage report {report.period} not delivered ({reason}); next try in {retry_in} s")
-        self.report = report
+    Only plain values, passed on to Exception, so that Celery can pickle it with a retry.
+    """
+
+    def __init__(self, period: str, retry_in: int, reason: str) -> None:
+        super().__init__(period, retry_in, reason)
+        self.period = period
         self.retry_in = retry_in
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Usage report {self.period} not delivered ({self.reason}); next try in {self.retry_in} s"
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ def _claim(report: UsageReport, now: datetime) -> bool:
     claimed = (
         UsageReport.objects.filter(pk=report.pk, status=UsageReport.Status.PENDING)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + conf.SEND_LEASE)
+        .update(lease_until=now + conf.send_lease())
     )
     return claimed == 1
 
@@ -237,7 +243,7 @@ def _send(report: UsageReport, licence: PortalLicence) -> bool:
         retry_in = _record_failure(
             report, started=started, outcome=failure.outcome, status=failure.http_status, detail=failure.detail
         )
-        raise DeliveryFailed(report, retry_in, failure.outcome) from failure
+        raise DeliveryFailed(str(report.period), retry_in, failure.outcome) from failure
     except ServiceRefused as refusal:
         if refusal.code in FINAL_REFUSALS:
             _record_outcome(
@@ -259,7 +265,7 @@ def _send(report: UsageReport, licence: PortalLicence) -> bool:
             status=refusal.http_status,
             detail=f"{refusal.code}: {refusal.detail}",
         )
-        raise DeliveryFailed(report, retry_in, refusal.code) from refusal
+        raise DeliveryFailed(str(report.period), retry_in, refusal.code) from refusal
     duplicate = bool(answer.data.get("duplicate"))
     _record_outcome(
         report,

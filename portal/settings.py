@@ -281,6 +281,8 @@ LICENSING_ROLE = env_str("LICENSING_ROLE", "both")
 LICENSING_SERVICE_URL = env_str("LICENSING_SERVICE_URL", PORTAL_BASE_URL.rstrip("/") + "/licensing/")
 # Hours without a delivered usage report before every page shows a banner (the portal keeps working).
 LICENSING_GRACE_HOURS = env_int("LICENSING_GRACE_HOURS", 72)
+# Seconds the portal waits for the service's answer before counting the attempt as failed.
+LICENSING_TIMEOUT_SECONDS = env_int("LICENSING_TIMEOUT_SECONDS", 30)
 
 # --- REST API -------------------------------------------------------------------------------
 
