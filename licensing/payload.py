@@ -20,6 +20,7 @@ import json
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from licensing.schema import (
@@ -34,12 +35,15 @@ from licensing.schema import (
 )
 
 # The writer emits these keys in this order; a new key in the schema must be written here too.
-if fields_of(UsageReportPayload) != ("schema_version", "tenants", "portal") or fields_of(TenantPart) != (
-    "admins",
-    "backup_accounts",
-    "devices",
+if (
+    fields_of(UsageReportPayload) != ("schema_version", "tenants", "portal")
+    or fields_of(TenantPart) != ("admins", "backup_accounts", "devices")
+    or fields_of(DevicePart) != ("name", "account", "boosters")
 ):  # pragma: no cover - a schema change without a writer change
     raise ImportError("licensing.payload does not write the fields licensing.schema declares")
+
+
+FLUSH_BYTES = 64 * 1024
 
 
 class PayloadTooLarge(ValueError):
@@ -47,7 +51,9 @@ class PayloadTooLarge(ValueError):
 
 
 def dumps(value: Any) -> str:
-    """Serialise one piece: compact, UTF-8 text (not \\u escapes), keys in insertion order."""
+    """Serialise one piece: compact, UTF-8 text (not \\u escapes), keys in insertion order.
+
+    Strings are written as encode_basestring writes them, the same function json uses here."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -70,6 +76,8 @@ class PayloadWriter:
         self._gzip = gzip.GzipFile(fileobj=self._buffer, mode="wb", compresslevel=6, mtime=0)
         self._sha = hashlib.sha256()
         self._size = 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._spans: list[tuple[int, int]] = []
         self._tenant_start: int | None = None
         self._section = ""
@@ -77,10 +85,19 @@ class PayloadWriter:
         self._first_tenant = True
 
     def _write(self, text: str) -> None:
+        # Pieces are small (a device is ~80 bytes): collect them and compress ~64 KiB at a time.
         data = text.encode()
-        self._gzip.write(data)
-        self._sha.update(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
         self._size += len(data)
+        if self._pending_size >= FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk = b"".join(self._pending)
+        self._gzip.write(chunk)
+        self._sha.update(chunk)
+        self._pending, self._pending_size = [], 0
 
     def begin(self) -> None:
         self._write(f'{{"schema_version":{SCHEMA_VERSION},"tenants":[')
@@ -111,17 +128,22 @@ class PayloadWriter:
     def admin(self, username: str) -> None:
         check(username, str, "admins[]")
         self._enter("admins")
-        self._item(dumps(username))
+        self._item(encode_basestring(username))
 
     def account(self, username: str) -> None:
         check(username, str, "backup_accounts[]")
         self._enter("backup_accounts")
-        self._item(dumps(username))
+        self._item(encode_basestring(username))
 
     def device(self, part: DevicePart) -> None:
         check(part, DevicePart, "devices[]")
         self._enter("devices")
-        self._item(dumps(part))
+        # What dumps(part) writes, without its per-call overhead (100,000 times a report).
+        boosters = ",".join(map(encode_basestring, part["boosters"]))
+        self._item(
+            f'{{"name":{encode_basestring(part["name"])},"account":{encode_basestring(part["account"])},'
+            f'"boosters":[{boosters}]}}'
+        )
 
     def tenant_end(self) -> None:
         self._enter("devices")
@@ -145,6 +167,7 @@ class PayloadWriter:
     def finish(self, portal: PortalPart) -> Serialised:
         check(portal, PortalPart, "portal")
         self._write('],"portal":' + dumps(portal) + "}")
+        self._flush()
         self._gzip.close()
         return Serialised(
             body=self._buffer.getvalue(), sha256=self._sha.hexdigest(), size=self._size, spans=self._spans
