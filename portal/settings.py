@@ -115,6 +115,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "tenants.context_processors.tenant",
+                "licensing.context_processors.usage_reporting",
             ],
         },
     },
@@ -269,6 +270,19 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "portal@localhost")
 # The address invitation links point to (scheme and host), e.g. https://backup.example.com
 PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "http://127.0.0.1:8000")
+
+# --- Licensing ------------------------------------------------------------------------------
+
+# Which side of licensing this installation runs: "portal" builds and sends usage reports,
+# "service" is the licensing service (receives reports, billing pages), "both" (the embedded
+# default) does both and reports to itself over HTTP, so a newcomer sees the whole flow.
+LICENSING_ROLE = env_str("LICENSING_ROLE", "both")
+# The licensing service's base URL; reports go to <it>v1/reports/. Default: this portal itself.
+LICENSING_SERVICE_URL = env_str("LICENSING_SERVICE_URL", PORTAL_BASE_URL.rstrip("/") + "/licensing/")
+# Hours without a delivered usage report before every page shows a banner (the portal keeps working).
+LICENSING_GRACE_HOURS = env_int("LICENSING_GRACE_HOURS", 72)
+# Seconds the portal waits for the service's answer before counting the attempt as failed.
+LICENSING_TIMEOUT_SECONDS = env_int("LICENSING_TIMEOUT_SECONDS", 30)
 
 # --- REST API -------------------------------------------------------------------------------
 
