@@ -283,11 +283,12 @@ class BackupJob(Job):
         if not self.source.exists():
             return self._fail(f"The protected path {self.source} does not exist.")
         self.log("info", f"Backing up {self.source} ({len(self._files)} files) to vault {self.vault_id}.")
+        retention_failed = False
         try:
             with self.vault.storage.lock():
                 self._back_up()
                 if self.keep_snapshots:
-                    apply_retention(self, keep=self.keep_snapshots)
+                    retention_failed = not self._retain(self.keep_snapshots)
         except JobCancelled:
             self.log("warning", "Cancelled; no snapshot was written. Chunks already stored are reused next time.")
             self.status = "cancelled"
@@ -299,7 +300,8 @@ class BackupJob(Job):
         except OSError as error:
             return self._fail(f"Writing to the vault failed: {error}")
         counters = self.counters
-        self.status = "warning" if counters.files_skipped or self.scan_problems else "succeeded"
+        problems = counters.files_skipped or self.scan_problems or retention_failed
+        self.status = "warning" if problems else "succeeded"
         elapsed = time.monotonic() - self.started_at
         self.log(
             "info",
@@ -308,6 +310,15 @@ class BackupJob(Job):
             f"chunks were new, {counters.bytes_uploaded} bytes stored, dedup ratio {counters.dedup_ratio()}.",
         )
         return self.status
+
+    def _retain(self, keep: int) -> bool:
+        """Apply retention after the snapshot was written; a failure leaves the snapshot and warns."""
+        try:
+            apply_retention(self, keep=keep)
+        except (crypto.IntegrityError, VaultError, OSError) as error:
+            self.log("warning", f"The snapshot was written, but retention failed: {error}")
+            return False
+        return True
 
     # --- The pipeline: this thread reads, the pool hashes, seals and writes --------------------
 

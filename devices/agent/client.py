@@ -42,7 +42,7 @@ from devices.agent.progress import ProgressDisplay
 from devices.agent.rest import in_daemon_thread, is_loopback, tls_context
 from devices.agent.restore import RestoreJob
 from devices.agent.storage import LocalDirectoryStorage
-from devices.agent.vault import Vault, VaultError
+from devices.agent.vault import Vault, VaultError, VaultKeyMissing
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -585,6 +585,9 @@ class Agent:
             return failed(f"cannot read the account's profile secrets: {error}")
         except crypto.IntegrityError as error:
             return failed(f"the vault's key failed verification: {error}")
+        except VaultKeyMissing as error:
+            self.vault_key_id = ""  # the key is gone: the status report stops naming it
+            return failed(str(error))
         except (VaultError, OSError) as error:
             return failed(str(error))
         self.vault_key_id = opened.keys.key_id

@@ -28,8 +28,12 @@ class StorageError(OSError):
 class Storage(Protocol):
     """A vault's object store. Names are '/'-separated, like object keys."""
 
-    def put(self, name: str, parts: Sequence[bytes | memoryview]) -> int:
-        """Store an object (the parts joined) under `name`, all or nothing; return its size."""
+    def put(self, name: str, parts: Sequence[bytes | memoryview], *, exclusive: bool = False) -> int:
+        """Store an object (the parts joined) under `name`, all or nothing; return its size.
+
+        With `exclusive`, raise FileExistsError instead of replacing an object of that name (an
+        S3-compatible store does this with a conditional put, If-None-Match: *).
+        """
         ...
 
     def get(self, name: str) -> bytes:
@@ -77,7 +81,7 @@ class LocalDirectoryStorage:
     def _path(self, name: str) -> Path:
         return self.root.joinpath(*check_name(name).split("/"))
 
-    def put(self, name: str, parts: Sequence[bytes | memoryview]) -> int:
+    def put(self, name: str, parts: Sequence[bytes | memoryview], *, exclusive: bool = False) -> int:
         path = self._path(name)
         folder = path.parent
         if folder not in self._made:
@@ -105,7 +109,13 @@ class LocalDirectoryStorage:
                 temporary.unlink()
             raise
         os.close(descriptor)
-        os.replace(temporary, path)
+        if exclusive:
+            try:
+                os.link(temporary, path)  # fails, atomically, if the name is taken
+            finally:
+                temporary.unlink()
+        else:
+            os.replace(temporary, path)
         with self._dirty_lock:
             self._dirty.add(folder)
         assert written == size

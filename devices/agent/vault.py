@@ -86,9 +86,16 @@ def _seal_a(vault_id: str, key_id: str, e_key: bytes, a_key: bytes) -> bytes:
 
 
 def keys_create(storage: Storage, *, vault_id: str, e_key: bytes, key_id: str) -> VaultKeys:
-    """Set up a new vault: a random A, stored wrapped by E."""
+    """Set up a new vault: a random A, stored wrapped by E.
+
+    The key object is created exclusively: when two jobs set one vault up at once, the second opens
+    the A the first stored instead of replacing it (which would orphan the first one's chunks).
+    """
     a_key = crypto.random_key(crypto.A_KEY_BYTES)
-    storage.put(key_object_name(key_id), [_seal_a(vault_id, key_id, e_key, a_key)])
+    try:
+        storage.put(key_object_name(key_id), [_seal_a(vault_id, key_id, e_key, a_key)], exclusive=True)
+    except FileExistsError:
+        return keys_open(storage, vault_id=vault_id, e_key=e_key, key_id=key_id)
     storage.flush()
     return VaultKeys.from_a_key(vault_id, key_id, a_key)
 
@@ -110,7 +117,7 @@ def keys_open(storage: Storage, *, vault_id: str, e_key: bytes, key_id: str) -> 
 
 def keys_rewrap(storage: Storage, keys: VaultKeys, *, e_key: bytes, key_id: str) -> VaultKeys:
     """Store A again, wrapped by a new E under a new key id; the data is not touched."""
-    storage.put(key_object_name(key_id), [_seal_a(keys.vault_id, key_id, e_key, keys.a_key)])
+    storage.put(key_object_name(key_id), [_seal_a(keys.vault_id, key_id, e_key, keys.a_key)], exclusive=True)
     storage.flush()
     return VaultKeys.from_a_key(keys.vault_id, key_id, keys.a_key)
 

@@ -455,3 +455,14 @@ def test_it_makes_a_vault_unrestorable_by_anyone_after_crypto_shredding(acme, so
     (key_id,) = vault.key_ids(storage)
     with pytest.raises(crypto.IntegrityError):
         vault.keys_open(storage, vault_id=VAULT_ID, e_key=bytes(16), key_id=key_id)
+
+
+def test_it_never_replaces_a_vaults_key_when_two_jobs_set_it_up_at_once(storage):
+    """Both jobs found no key object and create one under the id from the profile: the second gets the first's A."""
+    e_key, key_id = bytes(range(16)), vault.new_key_id()
+    first = vault.keys_create(storage, vault_id=VAULT_ID, e_key=e_key, key_id=key_id)
+    second = vault.keys_create(storage, vault_id=VAULT_ID, e_key=e_key, key_id=key_id)
+    assert second.a_key == first.a_key and vault.key_ids(storage) == [key_id]
+    with pytest.raises(FileExistsError):
+        storage.put(vault.key_object_name(key_id), [b"another"], exclusive=True)
+    assert not [path for path in storage.root.rglob(".*")]  # no temporary file left behind
