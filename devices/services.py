@@ -361,17 +361,15 @@ def account_secrets_shred(*, account: BackupAccount, actor: Actor) -> None:
 
     The profile holds each vault's E, sealed under the account password's R; without E nobody can
     unwrap the vault's A, so every chunk and manifest in every vault becomes unreadable, for good,
-    wherever copies of it are. The server holds no other key: vault records keep only key ids,
-    which are cleared too. Devices never keep E between jobs, so none survives on a device either.
+    wherever copies of it are. The server holds no other key (vault records keep key ids, which
+    unlock nothing), and devices never keep E between jobs, so none survives on a device either.
     """
     locked = BackupAccount.objects.select_for_update().get(pk=account.pk)
     shredded_bytes = len(locked.profile_secrets)
     locked.profile_secrets = b""
     locked.profile_secrets_version += 1  # a device holding the old version cannot write it back
     locked.save(update_fields=["profile_secrets", "profile_secrets_version"])
-    vaults = StorageVault.objects.filter(account=locked)
-    vault_ids = sorted(vaults.values_list("vault_id", flat=True))
-    vaults.update(key_id="", updated_at=timezone.now())
+    vault_ids = sorted(StorageVault.objects.filter(account=locked).values_list("vault_id", flat=True))
     account.profile_secrets, account.profile_secrets_version = b"", locked.profile_secrets_version
     audit_record(
         actor=actor,

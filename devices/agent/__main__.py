@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="send heartbeats at least this often (the portal's interval is used when shorter)",
     )
+    parser.add_argument(
+        "--progress-interval",
+        metavar="SECONDS",
+        type=float,
+        default=0.25,
+        help="report a running job's progress this often (default %(default)s, at least 0.05)",
+    )
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only; no progress bar")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -111,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--server must be an http:// or https:// URL, e.g. https://backup.example.com")
     if args.heartbeat_interval is not None and args.heartbeat_interval <= 0:
         parser.error("--heartbeat-interval must be more than 0")
+    if args.progress_interval < 0.05:
+        parser.error("--progress-interval must be at least 0.05")
     ring, display = setup_logging(quiet=args.quiet)
     try:
         password = read_password(args.password_env)
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_browse=args.allow_browse,
         heartbeat_interval=args.heartbeat_interval,
         new_password_keys=new_password_keys,
+        progress_interval=args.progress_interval,
     )
     try:
         agent = Agent(options, state, login_key=login_key, wrapping_key=wrapping_key, ring=ring, display=display)

@@ -42,13 +42,14 @@ from devices.agent.progress import ProgressDisplay
 from devices.agent.rest import in_daemon_thread, is_loopback, tls_context
 from devices.agent.restore import RestoreJob
 from devices.agent.storage import LocalDirectoryStorage
-from devices.agent.vault import Vault, VaultError, VaultKeyMissing
+from devices.agent.vault import Vault, VaultError, VaultKeyMissing, key_ids
 
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_REPLACED = 3
 
-PROGRESS_INTERVAL_SECONDS = 0.25  # at most four job_progress frames a second per job
+PROGRESS_INTERVAL_SECONDS = 0.25  # at most four job_progress frames a second per job, by default
+MIN_PROGRESS_INTERVAL_SECONDS = 0.05  # the pacer keeps even this under the portal's message rate
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 MIN_HEARTBEAT_SECONDS = 1.0
 OPEN_TIMEOUT_SECONDS = 20.0
@@ -83,6 +84,7 @@ class AgentOptions:
     heartbeat_interval: float | None = None
     # A new password's (L, R): the agent changes the account's password to it once registered.
     new_password_keys: tuple[bytes, bytes] | None = None
+    progress_interval: float = PROGRESS_INTERVAL_SECONDS
 
 
 REFUSAL_MESSAGES = {
@@ -465,8 +467,11 @@ class Agent:
                 "kind": "local",
                 "bytes_used": tree_size(self.vault.path),
             }
-            if self.vault_key_id:
-                vault.update(encryption_format=crypto.FORMAT_VERSION, key_id=self.vault_key_id)
+            # The key objects' names are the key ids: readable without opening the vault.
+            stored_ids = key_ids(self.vault_storage) if self.vault_storage is not None else []
+            if stored_ids:
+                chosen = self.vault_key_id if self.vault_key_id in stored_ids else stored_ids[-1]
+                vault.update(encryption_format=crypto.FORMAT_VERSION, key_id=chosen)
             vaults.append(vault)
         return {"type": "status", "protected_items": items, "vaults": vaults}
 
@@ -791,7 +796,7 @@ class Agent:
         last: dict[str, Any] | None = None
         label = job.label
         while True:
-            await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
+            await asyncio.sleep(max(MIN_PROGRESS_INTERVAL_SECONDS, self.options.progress_interval))
             snapshot = job.counters.snapshot()
             self.display.update(job.job_id, label, snapshot, time.monotonic() - job.started_at)
             if snapshot != last:

@@ -88,7 +88,12 @@ class LocalDirectoryStorage:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._made.add(folder)
         temporary = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        try:
+            descriptor = os.open(temporary, flags, 0o600)
+        except FileNotFoundError:  # the folder went away since it was made (someone emptied the vault)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(temporary, flags, 0o600)
         try:
             size = sum(len(part) for part in parts)
             written = 0

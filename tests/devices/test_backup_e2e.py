@@ -133,6 +133,7 @@ class Agent:
             sys.executable, "-m", "devices.agent", "--server", self.portal.url, "--tenant", "acme",
             "--username", self.username, "--password-env", "AGENT_PASSWORD", "--state-dir", str(self.root / "state"),
             "--protect", str(self.documents), "--vault-dir", str(self.vault), "--quiet",
+            "--progress-interval", "0.05",  # so that even a fast machine reports progress mid-job
         ]  # fmt: skip
         if new_password:
             argv += ["--new-password-env", "AGENT_NEW_PASSWORD"]
