@@ -43,6 +43,7 @@ from devices.serializers import (
     JobDetailSerializer,
     JobSerializer,
     PasswordResetSerializer,
+    VaultCredentialsSerializer,
     VaultSerializer,
 )
 from tenants.api import ApiListView, ApiView, id_parameter
@@ -241,6 +242,28 @@ class AccountVaultList(ApiListView):
     def get_queryset(self) -> QuerySet[Any]:
         account = selectors.account_get(tenant=_tenant(self.request), account_id=self.kwargs["account_id"])
         return selectors.vaults_of(account=account)
+
+
+@extend_schema(tags=["accounts"], parameters=[ACCOUNT_ID])
+class AccountVaultCredentials(ApiView):
+    write_permission = "accounts.manage"
+
+    @extend_schema(
+        request=VaultCredentialsSerializer,
+        responses={204: None},
+        description="Store the credentials of a vault's storage (say, an S3-compatible access key and secret). "
+        "They are encrypted at rest with the portal's secrets key and never shown again; an empty object "
+        "removes them.",
+    )
+    def put(self, request: Request, tenant_slug: str, account_id: int, vault_id: str) -> Response:
+        account = selectors.account_get(tenant=_tenant(request), account_id=account_id)
+        vault = selectors.vault_get(account=account, vault_id=vault_id)
+        form = VaultCredentialsSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        services.vault_credentials_set(
+            actor=_actor(request), vault=vault, credentials=form.validated_data["credentials"]
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 def _issued(commands: list[Command], skipped: int = 0) -> Response:

@@ -168,3 +168,41 @@ class ProfileView(APIView):
         except ValidationError as error:
             return Response(error_body("invalid", " ".join(error.messages)), status=400)
         return Response({"version": version, "secrets": serializer.validated_data["secrets"]})
+
+
+class PasswordChangeSerializer(serializers.Serializer):
+    old_l_key = serializers.RegexField(r"^[0-9a-fA-F]{48}$", help_text="L of the current password.")
+    new_l_key = serializers.RegexField(r"^[0-9a-fA-F]{48}$", help_text="L of the new password.")
+    version = serializers.IntegerField(min_value=0, help_text="The profile version the secrets were sealed from.")
+    secrets = serializers.CharField(allow_blank=True, help_text="Base64: the profile secrets sealed under the new R.")
+
+
+class PasswordChangeView(APIView):
+    """Change the account's password from a device: new L and re-sealed profile secrets, swapped together."""
+
+    authentication_classes = [DeviceTokenAuthentication]
+    permission_classes = [IsDevice]
+    throttle_classes = [RegistrationThrottle]
+
+    @extend_schema(request=PasswordChangeSerializer, responses={200: ProfileSerializer}, tags=["device"])
+    def post(self, request: Request) -> Response:
+        serializer = PasswordChangeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            blob = base64.b64decode(data["secrets"], validate=True)
+        except (binascii.Error, ValueError):
+            return Response(error_body("invalid", "'secrets' must be base64."), status=400)
+        try:
+            version = services.account_password_change_by_device(
+                device=_device(request),
+                old_l_key_hex=data["old_l_key"],
+                new_l_key_hex=data["new_l_key"],
+                version=data["version"],
+                secrets_blob=blob,
+            )
+        except services.RegistrationError as error:
+            return _registration_error(error)
+        except ValidationError as error:
+            return Response(error_body("invalid", " ".join(error.messages)), status=400)
+        return Response({"version": version, "secrets": data["secrets"]})

@@ -13,6 +13,11 @@ tenant_patterns = [
         name="api-account-reset-password",
     ),
     path("accounts/<int:account_id>/vaults/", api.AccountVaultList.as_view(), name="api-account-vaults"),
+    path(
+        "accounts/<int:account_id>/vaults/<str:vault_id>/credentials/",
+        api.AccountVaultCredentials.as_view(),
+        name="api-account-vault-credentials",
+    ),
     path("accounts/<int:account_id>/commands/", api.AccountCommands.as_view(), name="api-account-commands"),
     path("devices/", api.DeviceList.as_view(), name="api-devices"),
     path("devices/<int:device_pk>/", api.DeviceDetail.as_view(), name="api-device"),

@@ -106,6 +106,15 @@ BULK_KINDS = [
 ]
 
 
+# Commands about one of the account's vaults: each names it by vault_id.
+VAULT_KINDS = [
+    Command.Kind.RESTORE,
+    Command.Kind.APPLY_RETENTION,
+    Command.Kind.ROTATE_VAULT_KEY,
+    Command.Kind.LIST_SNAPSHOTS,
+]
+
+
 class BulkCommandForm(forms.Form):
     kind = forms.ChoiceField(choices=[(kind.value, kind.label) for kind in BULK_KINDS], label="Command")
 
@@ -158,6 +167,11 @@ class CommandForm(forms.Form):
     lines = forms.IntegerField(required=False, min_value=1, max_value=1000, initial=200, label="Lines")
     path = forms.CharField(required=False, max_length=1000, initial="/", label="Folder")
     remove_config = forms.BooleanField(required=False, label="Also remove its configuration")
+    keep_snapshots = forms.IntegerField(required=False, min_value=1, max_value=10_000, label="Keep snapshots")
+    snapshot_id = forms.RegexField(
+        regex=r"^\d{8}T\d{6}Z-[0-9a-f]{8}$", required=False, label="Snapshot (empty: the newest)"
+    )
+    target = forms.CharField(required=False, max_length=1000, label="Restore into (a new or empty folder)")
 
     def __init__(
         self,
@@ -187,6 +201,18 @@ class CommandForm(forms.Form):
             self.add_error("job_id", "Choose a running job of this device.")
         if kind == Command.Kind.BROWSE_FILES and not data.get("path"):
             self.add_error("path", "Name the folder to list.")
+        if kind in VAULT_KINDS and not data.get("vault_id"):
+            self.add_error("vault_id", "Choose one of the account's vaults.")
+        if kind == Command.Kind.RESTORE:
+            if not data.get("target"):
+                self.add_error("target", "Name the folder to restore into.")
+            if not (data.get("snapshot_id") or data.get("protected_item_id")):
+                self.add_error("snapshot_id", "Name the snapshot, or choose the item whose newest snapshot to restore.")
+        if kind == Command.Kind.APPLY_RETENTION:
+            if not data.get("protected_item_id"):
+                self.add_error("protected_item_id", "Choose one of the device's reported items.")
+            if not data.get("keep_snapshots"):
+                self.add_error("keep_snapshots", "Say how many snapshots to keep.")
         return data
 
     def parameters(self) -> dict[str, Any]:
@@ -194,7 +220,23 @@ class CommandForm(forms.Form):
         data = self.cleaned_data
         kind = data["kind"]
         if kind == Command.Kind.RUN_BACKUP:
-            return {"protected_item_id": data["protected_item_id"], "vault_id": data["vault_id"]}
+            parameters = {"protected_item_id": data["protected_item_id"], "vault_id": data["vault_id"]}
+            if data.get("keep_snapshots"):
+                parameters["keep_snapshots"] = data["keep_snapshots"]
+            return parameters
+        if kind == Command.Kind.RESTORE:
+            chosen = {name: data[name] for name in ("snapshot_id", "protected_item_id") if data.get(name)}
+            if "snapshot_id" in chosen:
+                chosen.pop("protected_item_id", None)
+            return {"vault_id": data["vault_id"], "target": data["target"], **chosen}
+        if kind == Command.Kind.APPLY_RETENTION:
+            return {
+                "vault_id": data["vault_id"],
+                "protected_item_id": data["protected_item_id"],
+                "keep_snapshots": data["keep_snapshots"],
+            }
+        if kind in (Command.Kind.ROTATE_VAULT_KEY, Command.Kind.LIST_SNAPSHOTS):
+            return {"vault_id": data["vault_id"]}
         if kind == Command.Kind.CANCEL_JOB:
             return {"job_id": str(data["job_id"])}
         if kind == Command.Kind.UPDATE_SOFTWARE:

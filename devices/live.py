@@ -95,5 +95,9 @@ def job_update(tenant_id: int, job: Any) -> None:
             "files_total": job.files_total,
             "bytes_read": job.bytes_read,
             "bytes_uploaded": job.bytes_uploaded,
+            "chunks_total": job.chunks_total,
+            "chunks_new": job.chunks_new,
+            "bytes_new": job.bytes_new,
+            "dedup_ratio": job.dedup_ratio,
         },
     )

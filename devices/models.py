@@ -7,6 +7,7 @@ from django.db import models
 from django.db.models.functions import Upper
 
 from tenants.models import Tenant
+from tenants.secrets import EncryptedTextField
 
 
 class BackupAccount(models.Model):
@@ -116,6 +117,13 @@ class StorageVault(models.Model):
     kind = models.CharField(max_length=32, default="local")
     bytes_used = models.PositiveBigIntegerField(default=0)
     quota_bytes = models.PositiveBigIntegerField(default=0, help_text="0 means no limit.")
+    # As the device reports them: the vault format (docs/crypto.md; 0 = not reported) and the id
+    # of the E that wraps its A. Ids, not keys: the server never holds a vault key.
+    encryption_format = models.PositiveSmallIntegerField(default=0)
+    key_id = models.CharField(max_length=64, blank=True)
+    # Storage credentials an admin enters (JSON, e.g. an S3 access key), encrypted at rest.
+    credentials = EncryptedTextField(blank=True, default="")
+    credentials_updated_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -128,6 +136,10 @@ class Command(models.Model):
     class Kind(models.TextChoices):
         PING = "ping", "Ping"
         RUN_BACKUP = "run_backup", "Run backup"
+        RESTORE = "restore", "Restore"
+        APPLY_RETENTION = "apply_retention", "Apply retention"
+        ROTATE_VAULT_KEY = "rotate_vault_key", "Rotate vault key"
+        LIST_SNAPSHOTS = "list_snapshots", "List snapshots"
         CANCEL_JOB = "cancel_job", "Cancel job"
         REFRESH_PROFILE = "refresh_profile", "Refresh profile"
         UPDATE_SOFTWARE = "update_software", "Update software"
@@ -201,12 +213,22 @@ class Job(models.Model):
     files_total = models.PositiveBigIntegerField(default=0)
     bytes_read = models.PositiveBigIntegerField(default=0)
     bytes_uploaded = models.PositiveBigIntegerField(default=0)
+    # Encrypted backups: chunks seen and newly stored, and the plaintext bytes of the new ones.
+    chunks_total = models.PositiveBigIntegerField(default=0)
+    chunks_new = models.PositiveBigIntegerField(default=0)
+    bytes_new = models.PositiveBigIntegerField(default=0)
+    snapshot_id = models.CharField(max_length=64, blank=True)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["device", "job_id"], name="job_per_device")]
         indexes = [models.Index(fields=["device", "-started_at"], name="job_device_recent")]
+
+    @property
+    def dedup_ratio(self) -> float | None:
+        """Return bytes read per byte newly stored (None before any new chunk is known)."""
+        return round(self.bytes_read / self.bytes_new, 2) if self.bytes_new else None
 
 
 class JobLogLine(models.Model):

@@ -47,6 +47,8 @@ COMMAND_RESULT_STATUSES = {"succeeded", "failed", "cancelled"}
 JOB_KINDS = {"backup", "restore", "retention", "verify"}
 JOB_FINISHED_STATUSES = {"succeeded", "warning", "failed", "cancelled"}
 COUNTERS = ("files_done", "files_total", "bytes_read", "bytes_uploaded")
+# Optional since the encrypted backup (docs/protocol.md): older agents leave them out.
+BACKUP_COUNTERS = ("chunks_total", "chunks_new", "bytes_new", "vault_bytes_used")
 
 
 class ProtocolError(Exception):
@@ -136,6 +138,8 @@ def _validate_status(message: dict[str, Any]) -> None:
         for field in ("vault_id", "name", "kind"):
             _string({"type": "status", **vault}, field, limit=200)
         _count({"type": "status", **vault}, "bytes_used", required=True)
+        _count({"type": "status", **vault}, "encryption_format")
+        _string({"type": "status", **vault}, "key_id", required=False, limit=64)
 
 
 def _validate_command_result(message: dict[str, Any]) -> None:
@@ -159,7 +163,7 @@ def _validate_job_started(message: dict[str, Any]) -> None:
 
 def _validate_job_progress(message: dict[str, Any]) -> None:
     _uuid(message, "job_id")
-    for field in COUNTERS:
+    for field in COUNTERS + BACKUP_COUNTERS:
         _count(message, field)
     percent = message.get("percent", 0)
     if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
@@ -170,8 +174,9 @@ def _validate_job_finished(message: dict[str, Any]) -> None:
     _uuid(message, "job_id")
     if message.get("status") not in JOB_FINISHED_STATUSES:
         raise _fail("job_finished", "'status' must be succeeded, warning, failed or cancelled.")
-    for field in COUNTERS:
+    for field in COUNTERS + BACKUP_COUNTERS:
         _count(message, field)
+    _string(message, "snapshot_id", required=False, limit=64)
     for line in _list_of_objects(message, "log_lines", MAX_LOG_LINES):
         _string({"type": "job_finished", **line}, "message", limit=1000)
 

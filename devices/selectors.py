@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -69,7 +70,20 @@ def account_get(*, tenant: Tenant, account_id: int) -> BackupAccount:
 
 
 def vaults_of(*, account: BackupAccount) -> QuerySet[StorageVault]:
-    return StorageVault.objects.filter(account=account).order_by("name")
+    # The credentials are encrypted at rest and no list shows them: they are not even decrypted.
+    return StorageVault.objects.filter(account=account).defer("credentials").order_by("name")
+
+
+def vault_get(*, account: BackupAccount, vault_id: str) -> StorageVault:
+    try:
+        return StorageVault.objects.select_related("tenant").get(account=account, vault_id=vault_id)
+    except StorageVault.DoesNotExist:
+        raise Http404 from None
+
+
+def vault_credentials(*, vault: StorageVault) -> dict[str, str]:
+    """Return the storage credentials an administrator stored for a vault (decrypted), or {}."""
+    return json.loads(vault.credentials) if vault.credentials else {}
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,19 @@ COMMAND_TTL_SECONDS = (60, 7 * 24 * 3600)
 COMMAND_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     Command.Kind.PING: (frozenset(), frozenset()),
     Command.Kind.RUN_BACKUP: (
-        frozenset({"protected_item_id", "vault_id"}),
+        frozenset({"protected_item_id", "vault_id", "keep_snapshots"}),
         frozenset({"protected_item_id", "vault_id"}),
     ),
+    Command.Kind.RESTORE: (
+        frozenset({"vault_id", "target", "snapshot_id", "protected_item_id"}),
+        frozenset({"vault_id", "target"}),
+    ),
+    Command.Kind.APPLY_RETENTION: (
+        frozenset({"vault_id", "protected_item_id", "keep_snapshots"}),
+        frozenset({"vault_id", "protected_item_id", "keep_snapshots"}),
+    ),
+    Command.Kind.ROTATE_VAULT_KEY: (frozenset({"vault_id"}), frozenset({"vault_id"})),
+    Command.Kind.LIST_SNAPSHOTS: (frozenset({"vault_id"}), frozenset({"vault_id"})),
     Command.Kind.CANCEL_JOB: (frozenset({"job_id"}), frozenset({"job_id"})),
     Command.Kind.REFRESH_PROFILE: (frozenset(), frozenset()),
     Command.Kind.UPDATE_SOFTWARE: (frozenset({"version"}), frozenset()),
@@ -162,10 +172,37 @@ class PasswordResetSerializer(serializers.Serializer):
 
 
 class VaultSerializer(serializers.ModelSerializer):
+    has_credentials = serializers.SerializerMethodField(
+        help_text="Whether an administrator stored storage credentials for it (never shown)."
+    )
+
     class Meta:
         model = StorageVault
-        fields = ["vault_id", "name", "kind", "bytes_used", "quota_bytes", "updated_at"]
+        fields = [
+            "vault_id",
+            "name",
+            "kind",
+            "bytes_used",
+            "quota_bytes",
+            "encryption_format",
+            "key_id",
+            "has_credentials",
+            "credentials_updated_at",
+            "updated_at",
+        ]
         read_only_fields = fields
+
+    def get_has_credentials(self, vault: StorageVault) -> bool:
+        return vault.credentials_updated_at is not None
+
+
+class VaultCredentialsSerializer(serializers.Serializer):
+    credentials = serializers.DictField(
+        child=serializers.CharField(max_length=4000, allow_blank=True, trim_whitespace=False),
+        allow_empty=True,
+        help_text='Field names to values, e.g. {"access_key_id": ..., "secret_access_key": ...}; empty removes '
+        "them. Stored encrypted at rest and never shown again.",
+    )
 
 
 # --- Devices --------------------------------------------------------------------------------
@@ -254,10 +291,26 @@ class CommandParametersSerializer(serializers.Serializer):
     """Every parameter a command may take; each kind takes only its own (docs/protocol.md)."""
 
     protected_item_id = serializers.CharField(
-        max_length=64, required=False, help_text="run_backup: one of the device's protected items."
+        max_length=64,
+        required=False,
+        help_text="run_backup, apply_retention: one of the device's protected items; restore: restore its newest "
+        "snapshot.",
     )
     vault_id = serializers.CharField(
-        max_length=64, required=False, help_text="run_backup: one of the account's vaults."
+        max_length=64, required=False, help_text="run_backup and the vault commands: one of the account's vaults."
+    )
+    keep_snapshots = serializers.IntegerField(
+        min_value=1,
+        max_value=10_000,
+        required=False,
+        help_text="run_backup (optional), apply_retention: keep this many newest snapshots of the item, delete the "
+        "rest and the chunks nothing uses any more.",
+    )
+    snapshot_id = serializers.RegexField(
+        r"^\d{8}T\d{6}Z-[0-9a-f]{8}$", required=False, help_text="restore: the snapshot (list_snapshots names them)."
+    )
+    target = serializers.CharField(
+        max_length=1000, required=False, help_text="restore: an absolute path on the device, a new or empty folder."
     )
     job_id = serializers.UUIDField(required=False, help_text="cancel_job: a running job of the device.")
     version = serializers.CharField(max_length=32, required=False, help_text="update_software, optional.")
@@ -301,11 +354,22 @@ class CommandIssueSerializer(serializers.Serializer):
         device: Device = self.context["device"]
         parameters = data["parameters"]
         # The device page offers only the device's own items, vaults and running jobs; so does the API.
-        if data["kind"] == Command.Kind.RUN_BACKUP:
+        if data["kind"] in (Command.Kind.RUN_BACKUP, Command.Kind.APPLY_RETENTION):
             items = selectors.protected_items_of(device=device).filter(item_id=parameters["protected_item_id"])
             vaults = selectors.vaults_of(account=device.account).filter(vault_id=parameters["vault_id"])
             if not items.exists() or not vaults.exists():
                 raise serializers.ValidationError({"parameters": "Name one of the device's items and vaults."})
+        elif (
+            "vault_id" in parameters
+            and not selectors.vaults_of(account=device.account).filter(vault_id=parameters["vault_id"]).exists()
+        ):
+            raise serializers.ValidationError({"parameters": {"vault_id": "Name one of the account's vaults."}})
+        if data["kind"] == Command.Kind.RESTORE and not (
+            parameters.get("snapshot_id") or parameters.get("protected_item_id")
+        ):
+            raise serializers.ValidationError(
+                {"parameters": "Name the snapshot, or the protected item whose newest snapshot to restore."}
+            )
         if data["kind"] == Command.Kind.CANCEL_JOB:
             running = selectors.jobs_of(device=device).filter(status=Job.Status.RUNNING, job_id=parameters["job_id"])
             if not running.exists():
@@ -424,10 +488,21 @@ class JobSerializer(serializers.ModelSerializer):
             "files_total",
             "bytes_read",
             "bytes_uploaded",
+            "chunks_total",
+            "chunks_new",
+            "bytes_new",
+            "dedup_ratio",
+            "snapshot_id",
             "started_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    dedup_ratio = serializers.FloatField(
+        read_only=True,
+        allow_null=True,
+        help_text="Bytes read per byte newly stored in the vault (encrypted backups); null before any is known.",
+    )
 
 
 class JobLogLineSerializer(serializers.ModelSerializer):

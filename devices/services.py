@@ -8,6 +8,7 @@ it never loses it (a device collects queued commands when it connects).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -318,6 +319,98 @@ def profile_secrets_put(*, device: Device, version: int, secrets_blob: bytes) ->
     return account.profile_secrets_version
 
 
+def account_password_change_by_device(
+    *, device: Device, old_l_key_hex: str, new_l_key_hex: str, version: int, secrets_blob: bytes
+) -> int:
+    """Change an account's password from one of its devices; return the profile's new version.
+
+    The device proves the old password (its L), and sends the new L with the profile secrets it
+    sealed again under the new password's R: the server swaps both in one transaction and learns
+    neither password nor R. Other devices keep their tokens; they need the new password to read
+    the profile again.
+    """
+    if len(secrets_blob) > PROFILE_SECRETS_MAX_BYTES:
+        raise ValidationError({"secrets": "Profile secrets may be at most 1 MiB."})
+    try:
+        old_l_key, new_l_key = bytes.fromhex(old_l_key_hex), bytes.fromhex(new_l_key_hex)
+    except ValueError:
+        raise ValidationError({"l_key": "Send L keys as hexadecimal."}) from None
+    if len(new_l_key) != keys.KEY_BYTES:
+        raise ValidationError({"new_l_key": f"Send L as {2 * keys.KEY_BYTES} hexadecimal characters."})
+    with transaction.atomic():
+        account = BackupAccount.objects.select_for_update().get(pk=device.account_id)
+        if not keys.login_verifier_matches(old_l_key, account.login_verifier):
+            raise RegistrationError("bad_credentials", "The current password's key is wrong.", 401)
+        if version != account.profile_secrets_version:
+            raise RegistrationError("version_conflict", "The profile changed; fetch it and try again.", 409)
+        account.login_verifier = keys.login_verifier(new_l_key)
+        account.profile_secrets, account.profile_secrets_version = secrets_blob, version + 1
+        account.save(update_fields=["login_verifier", "profile_secrets", "profile_secrets_version"])
+        audit_record(
+            actor=Actor(label=f"device:{device.device_id}", role="device"),
+            tenant=device.tenant,
+            action="account.password_changed",
+            target=account,
+            after={"username": account.username, "by_device": device.name},
+        )
+    return account.profile_secrets_version
+
+
+@transaction.atomic
+def account_secrets_shred(*, account: BackupAccount, actor: Actor) -> None:
+    """Delete the account's profile secrets: crypto-shredding of all of its vaults' data.
+
+    The profile holds each vault's E, sealed under the account password's R; without E nobody can
+    unwrap the vault's A, so every chunk and manifest in every vault becomes unreadable, for good,
+    wherever copies of it are. The server holds no other key (vault records keep key ids, which
+    unlock nothing), and devices never keep E between jobs, so none survives on a device either.
+    """
+    locked = BackupAccount.objects.select_for_update().get(pk=account.pk)
+    shredded_bytes = len(locked.profile_secrets)
+    locked.profile_secrets = b""
+    locked.profile_secrets_version += 1  # a device holding the old version cannot write it back
+    locked.save(update_fields=["profile_secrets", "profile_secrets_version"])
+    vault_ids = sorted(StorageVault.objects.filter(account=locked).values_list("vault_id", flat=True))
+    account.profile_secrets, account.profile_secrets_version = b"", locked.profile_secrets_version
+    audit_record(
+        actor=actor,
+        tenant=locked.tenant,
+        action="account.secrets_shredded",
+        target=locked,
+        after={"profile_secrets_bytes": shredded_bytes, "vaults": vault_ids},
+    )
+
+
+VAULT_CREDENTIAL_FIELDS_MAX = 20
+VAULT_CREDENTIAL_VALUE_MAX = 4000
+
+
+@transaction.atomic
+def vault_credentials_set(*, actor: Actor, vault: StorageVault, credentials: dict[str, str]) -> StorageVault:
+    """Store the credentials of a vault's storage (an S3 access key and secret, say), encrypted at rest.
+
+    An empty mapping removes them. The audit event names the fields, never their values.
+    """
+    if len(credentials) > VAULT_CREDENTIAL_FIELDS_MAX or not all(
+        isinstance(name, str) and re.fullmatch(r"[a-z0-9_]{1,64}", name) and isinstance(value, str)
+        for name, value in credentials.items()
+    ):
+        raise ValidationError({"credentials": "Give at most 20 fields named in a-z, 0-9 and _, with text values."})
+    if any(len(value) > VAULT_CREDENTIAL_VALUE_MAX for value in credentials.values()):
+        raise ValidationError({"credentials": "A credential may be at most 4,000 characters."})
+    vault.credentials = json.dumps(credentials, sort_keys=True) if credentials else ""
+    vault.credentials_updated_at = timezone.now() if credentials else None
+    vault.save(update_fields=["credentials", "credentials_updated_at", "updated_at"])
+    audit_record(
+        actor=actor,
+        tenant=vault.tenant,
+        action="vault.credentials_set" if credentials else "vault.credentials_removed",
+        target=vault,
+        after={"vault_id": vault.vault_id, "fields": sorted(credentials)},
+    )
+    return vault
+
+
 # --- Connections ----------------------------------------------------------------------------
 
 
@@ -402,12 +495,14 @@ def inventory_apply(*, device_pk: int, tenant_id: int, status: dict[str, Any]) -
                     name=vault["name"],
                     kind=vault["kind"],
                     bytes_used=vault["bytes_used"],
+                    encryption_format=vault.get("encryption_format", 0),
+                    key_id=vault.get("key_id", ""),
                 )
                 for vault in vaults
             ],
             update_conflicts=True,
             unique_fields=["account", "vault_id"],
-            update_fields=["name", "kind", "bytes_used", "updated_at"],
+            update_fields=["name", "kind", "bytes_used", "encryption_format", "key_id", "updated_at"],
         )
 
 
@@ -501,6 +596,14 @@ def devices_touch(*, seen: dict[int, datetime]) -> None:
 # --- Commands -------------------------------------------------------------------------------
 
 
+VAULT_COMMANDS = {
+    Command.Kind.RESTORE,
+    Command.Kind.APPLY_RETENTION,
+    Command.Kind.ROTATE_VAULT_KEY,
+    Command.Kind.LIST_SNAPSHOTS,
+}
+
+
 def _validate_command(device: Device, kind: str, parameters: dict[str, Any]) -> dict[str, Any]:
     if kind not in Command.Kind.values:
         raise ValidationError({"kind": "Unknown command."})
@@ -512,6 +615,18 @@ def _validate_command(device: Device, kind: str, parameters: dict[str, Any]) -> 
         raise ValidationError({"parameters": "Name the protected item and the vault to back up to."})
     if kind == Command.Kind.CANCEL_JOB and not parameters.get("job_id"):
         raise ValidationError({"parameters": "Name the job to cancel."})
+    if kind in VAULT_COMMANDS and not parameters.get("vault_id"):
+        raise ValidationError({"parameters": "Name the vault."})
+    if kind == Command.Kind.RESTORE and not (
+        parameters.get("target") and (parameters.get("snapshot_id") or parameters.get("protected_item_id"))
+    ):
+        raise ValidationError(
+            {"parameters": "Name the target folder, and the snapshot or the protected item to restore."}
+        )
+    if kind == Command.Kind.APPLY_RETENTION and not (
+        parameters.get("protected_item_id") and parameters.get("keep_snapshots")
+    ):
+        raise ValidationError({"parameters": "Name the protected item and how many snapshots to keep."})
     return {key: value for key, value in parameters.items() if isinstance(key, str)}
 
 
@@ -752,7 +867,15 @@ def job_started(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> J
     return job
 
 
-_COUNTERS = ("files_done", "files_total", "bytes_read", "bytes_uploaded")
+_COUNTERS = ("files_done", "files_total", "bytes_read", "bytes_uploaded", "chunks_total", "chunks_new", "bytes_new")
+
+
+def _vault_usage_update(*, device_pk: int, job: Job, message: dict[str, Any]) -> None:
+    """Move the job's vault's usage to what the device reports mid-job (`vault_bytes_used`)."""
+    if "vault_bytes_used" in message and job.vault_id:
+        StorageVault.objects.filter(account__devices__pk=device_pk, vault_id=job.vault_id).update(
+            bytes_used=message["vault_bytes_used"], updated_at=timezone.now()
+        )
 
 
 def job_progress(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> Job | None:
@@ -763,6 +886,7 @@ def job_progress(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> 
     ):
         return None
     job = Job.objects.get(device_id=device_pk, job_id=message["job_id"])
+    _vault_usage_update(device_pk=device_pk, job=job, message=message)
     live.job_update(tenant_id, job)
     return job
 
@@ -776,6 +900,7 @@ def job_finished(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> 
         if key in message:
             setattr(job, key, message[key])
     job.status = message["status"]
+    job.snapshot_id = str(message.get("snapshot_id") or job.snapshot_id)[:64]
     job.finished_at = timezone.now()
     if job.status == Job.Status.SUCCEEDED:
         job.progress_percent = 100
@@ -791,6 +916,7 @@ def job_finished(*, device_pk: int, tenant_id: int, message: dict[str, Any]) -> 
             for line in message.get("log_lines", [])[:LOG_LINES_PER_JOB]
         ]
     )
+    _vault_usage_update(device_pk=device_pk, job=job, message=message)
     Device.objects.filter(pk=device_pk).update(has_failing_jobs=job.status == Job.Status.FAILED)
     transaction.on_commit(lambda: live.job_update(tenant_id, job))
     return job

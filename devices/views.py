@@ -297,6 +297,9 @@ def _device_context(device: Device) -> dict[str, Any]:
         vaults=vaults,
         commands=list(selectors.commands_of(device=device)[:DEVICE_COMMANDS_SHOWN]),
         simple_commands=[(kind.value, kind.label) for kind in SIMPLE_COMMANDS],
+        vault_commands=[
+            (kind.value, kind.label) for kind in (Command.Kind.LIST_SNAPSHOTS, Command.Kind.ROTATE_VAULT_KEY)
+        ],
         command_form=CommandForm(
             protected_items=protected_items,
             vaults=vaults,

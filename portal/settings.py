@@ -212,6 +212,14 @@ AUDIT_SIGNING_KEY = env_str("AUDIT_SIGNING_KEY")
 # Signed digests are also appended here, as JSON lines, for an external copy.
 AUDIT_DIGEST_FILE = env_str("AUDIT_DIGEST_FILE", str(DATA_DIR / "audit-digests.jsonl"))
 
+# --- Secrets at rest ------------------------------------------------------------------------
+
+# Keys that encrypt the secrets the portal must hold itself (TOTP seeds, vault credentials...):
+# "id=base64 of 32 bytes", comma-separated, the first encrypts and every one decrypts. Empty: the
+# embedded set-up generates one into SECRETS_KEY_FILE (mode 0600). See tenants/secrets.py.
+SECRETS_KEYS = env_str("SECRETS_KEYS")
+SECRETS_KEY_FILE = env_str("SECRETS_KEY_FILE", str(DATA_DIR / "secrets_keys"))
+
 # --- Devices --------------------------------------------------------------------------------
 
 # Seconds between a device's heartbeats; a device silent for three intervals is offline.

@@ -165,3 +165,4 @@ class ServiceHeartbeat(models.Model):
 
 # Staff access requests and grants live in their own module; importing them here registers them.
 from tenants.models_access import AccessPolicy, AccessRequest  # noqa: E402, F401
+from tenants.models_two_factor import AuthenticatorDevice  # noqa: E402, F401

@@ -17,10 +17,9 @@ from django.db import transaction
 from django_otp import user_has_device
 from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from tenants.audit import Actor, audit_record
-from tenants.models import AuditEvent
+from tenants.models import AuditEvent, AuthenticatorDevice
 from tenants.selectors import memberships_for_user
 
 RECOVERY_CODE_COUNT = 10
@@ -57,9 +56,9 @@ def has_second_factor(*, user: Any) -> bool:
     return user_has_device(user, confirmed=True)
 
 
-def authenticator_device(*, user: Any) -> TOTPDevice | None:
+def authenticator_device(*, user: Any) -> AuthenticatorDevice | None:
     """Return the person's confirmed authenticator-app device, if two-factor authentication is on."""
-    return TOTPDevice.objects.filter(user=user, confirmed=True).order_by("id").first()
+    return AuthenticatorDevice.objects.filter(user=user, confirmed=True).order_by("id").first()
 
 
 def recovery_codes_remaining(*, user: Any) -> int:
@@ -75,10 +74,10 @@ def _is_authenticator_code(code: str) -> bool:
     return code.isdigit() and len(code) in (6, 8)
 
 
-def _device_model_for(code: str) -> type[TOTPDevice] | type[StaticDevice]:
+def _device_model_for(code: str) -> type[AuthenticatorDevice] | type[StaticDevice]:
     # Only the kind of device the code's shape matches is asked, so a mistyped app code does not
     # count as a failed recovery code (django-otp slows each device down after failures).
-    return TOTPDevice if _is_authenticator_code(code) else StaticDevice
+    return AuthenticatorDevice if _is_authenticator_code(code) else StaticDevice
 
 
 def second_factor_verify(*, user: Any, code: str) -> Device | None:
@@ -104,37 +103,37 @@ def second_factor_throttled(*, user: Any, code: str) -> bool:
 
 
 @transaction.atomic
-def two_factor_enrolment_start(*, actor: Actor, user: Any) -> TOTPDevice:
+def two_factor_enrolment_start(*, actor: Actor, user: Any) -> AuthenticatorDevice:
     """Return the person's unconfirmed authenticator device, creating one if there is none.
 
     The pending device is reused, so reloading the page keeps the QR code that was already scanned.
     """
     if authenticator_device(user=user) is not None:
         raise ValidationError("Two-factor authentication is already on.")
-    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
+    device = AuthenticatorDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
     if device is None:
-        device = TOTPDevice.objects.create(user=user, name=AUTHENTICATOR_DEVICE_NAME, confirmed=False)
+        device = AuthenticatorDevice.objects.create(user=user, name=AUTHENTICATOR_DEVICE_NAME, confirmed=False)
         _record_for_person(
             actor=actor, user=user, action="account.two_factor_enrolment_started", after={"device": device.name}
         )
     return device
 
 
-def two_factor_confirm(*, actor: Actor, device: TOTPDevice, code: str) -> list[str] | None:
+def two_factor_confirm(*, actor: Actor, device: AuthenticatorDevice, code: str) -> list[str] | None:
     """Confirm a pending device with a current code and issue fresh recovery codes.
 
     Return the recovery codes (shown once), or None when the code is wrong. A wrong code is not an
     exception so that django-otp's count of failures, written while checking, is kept (committed).
     """
     with transaction.atomic():
-        device = TOTPDevice.objects.select_for_update().filter(pk=device.pk, confirmed=False).first()
+        device = AuthenticatorDevice.objects.select_for_update().filter(pk=device.pk, confirmed=False).first()
         if device is None:
             raise ValidationError("This enrolment is no longer pending; start again.")
         if not device.verify_token(normalise_code(code)):
             return None
         device.confirmed = True
         device.save(update_fields=["confirmed"])
-        TOTPDevice.objects.filter(user=device.user).exclude(pk=device.pk).delete()
+        AuthenticatorDevice.objects.filter(user=device.user).exclude(pk=device.pk).delete()
         codes = _recovery_codes_replace(user=device.user)
         _record_for_person(
             actor=actor,
@@ -175,8 +174,8 @@ def recovery_codes_regenerate(*, actor: Actor, user: Any) -> list[str]:
 @transaction.atomic
 def two_factor_disable(*, actor: Actor, user: Any) -> None:
     """Remove the person's authenticator devices and recovery codes. The caller checks password and code."""
-    devices = TOTPDevice.objects.filter(user=user).count()
-    TOTPDevice.objects.filter(user=user).delete()
+    devices = AuthenticatorDevice.objects.filter(user=user).count()
+    AuthenticatorDevice.objects.filter(user=user).delete()
     StaticDevice.objects.filter(user=user).delete()
     _record_for_person(actor=actor, user=user, action="account.two_factor_disabled", after={"devices": devices})
 

@@ -41,7 +41,6 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 from django_otp import login as otp_login
 from django_otp.plugins.otp_static.models import StaticDevice
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from tenants import services_account
 from tenants.audit import actor_from_request
@@ -52,6 +51,7 @@ from tenants.forms_account import (
     SecondFactorForm,
     TwoFactorDisableForm,
 )
+from tenants.models import AuthenticatorDevice
 from tenants.net import request_client_ip
 from tenants.selectors import invitation_by_token, memberships_for_user
 from tenants.services import invitation_accept as invitation_accept_service
@@ -206,11 +206,11 @@ class PasswordChange(PasswordChangeView):
 # --- Two-factor authentication --------------------------------------------------------------
 
 
-def _qr_code_svg(device: TOTPDevice) -> str:
+def _qr_code_svg(device: AuthenticatorDevice) -> str:
     return segno.make(device.config_url, error="m").svg_inline(scale=4, light="#fff", title="QR code for your app")
 
 
-def _grouped_secret(device: TOTPDevice) -> str:
+def _grouped_secret(device: AuthenticatorDevice) -> str:
     secret = b32encode(device.bin_key).decode()
     return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
 

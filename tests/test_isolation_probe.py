@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from devices import keys
 from devices import services as device_services
-from devices.models import Job
+from devices.models import Job, StorageVault
 from portal.asgi import application
 from portal.websocket_urls import websocket_urlpatterns
 from tenants import services, services_access
@@ -138,8 +138,13 @@ def world(acme, globex, initech, staff, outsider):
     job = Job.objects.create(
         tenant=acme.tenant, device=device, job_id=uuid.uuid4(), command=command, started_at=timezone.now()
     )
+    vault = StorageVault.objects.create(tenant=acme.tenant, account=account, vault_id="acme-vault", name=ACME_SECRET)
     acme_values.update(
-        account_id=str(account.pk), device_pk=str(device.pk), command_pk=str(command.pk), job_pk=str(job.pk)
+        account_id=str(account.pk),
+        device_pk=str(device.pk),
+        command_pk=str(command.pk),
+        job_pk=str(job.pk),
+        vault_id=vault.vault_id,
     )
     globex_key = services.api_key_create(actor=SYSTEM, tenant=globex.tenant, user=globex.owner, name="probe")
     pending = services_access.access_request_create(

@@ -20,7 +20,8 @@ from devices.agent.logs import setup_logging
 EPILOG = """\
 The password is read from the environment variable named by --password-env, or asked for on the
 terminal; it is never accepted as an argument (other users could read it in the process list).
-Only the login key L derived from it is sent to the portal, and only to register.
+Only the login key L derived from it is sent to the portal, and only to register. The wrapping key R
+derived with it never leaves this process: it opens the account's vault keys (docs/crypto.md).
 
 exit status: 0 stopped (signal, or the uninstall command), 1 fatal error (for example the portal
 refused the credentials), 2 bad arguments, 3 replaced by another agent using the same device id.
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where the device id and token are kept (default: %(default)s)",
     )
+    parser.add_argument(
+        "--new-password-env",
+        metavar="VARIABLE",
+        help="change the account password to the one in this environment variable, then carry on with it",
+    )
     parser.add_argument("--name", default="", help="the device's name (default: the host name)")
     parser.add_argument(
         "--protect",
@@ -66,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=float,
         help="send heartbeats at least this often (the portal's interval is used when shorter)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        metavar="SECONDS",
+        type=float,
+        default=0.25,
+        help="report a running job's progress this often (default %(default)s, at least 0.05)",
     )
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only; no progress bar")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -105,10 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--server must be an http:// or https:// URL, e.g. https://backup.example.com")
     if args.heartbeat_interval is not None and args.heartbeat_interval <= 0:
         parser.error("--heartbeat-interval must be more than 0")
+    if args.progress_interval < 0.05:
+        parser.error("--progress-interval must be at least 0.05")
     ring, display = setup_logging(quiet=args.quiet)
     try:
         password = read_password(args.password_env)
         login_key, wrapping_key = keys.derive_keys(args.tenant, args.username, password)
+        new_password_keys = None
+        if args.new_password_env:
+            new_password = read_password(args.new_password_env)
+            new_password_keys = keys.derive_keys(args.tenant, args.username, new_password)
+            del new_password
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -130,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         ca_file=args.ca_file,
         allow_browse=args.allow_browse,
         heartbeat_interval=args.heartbeat_interval,
+        new_password_keys=new_password_keys,
+        progress_interval=args.progress_interval,
     )
     try:
         agent = Agent(options, state, login_key=login_key, wrapping_key=wrapping_key, ring=ring, display=display)

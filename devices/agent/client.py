@@ -30,21 +30,26 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from devices import protocol
-from devices.agent import commands, rest
-from devices.agent.backup import BackupJob, tree_size
+from devices.agent import commands, crypto, rest
+from devices.agent.backup import BackupJob, Job, RetentionJob, tree_size
 from devices.agent.commands import Outcome, failed
 from devices.agent.config import AgentState
 from devices.agent.inventory import inventory, local_vault, protected_folders
 from devices.agent.logs import RingBufferHandler
 from devices.agent.pacing import Backoff, SendPacer
+from devices.agent.profile import AccountIdentity, Keyring, ProfileStore, profile_rewrap
 from devices.agent.progress import ProgressDisplay
 from devices.agent.rest import in_daemon_thread, is_loopback, tls_context
+from devices.agent.restore import RestoreJob
+from devices.agent.storage import LocalDirectoryStorage
+from devices.agent.vault import Vault, VaultError, VaultKeyMissing, key_ids
 
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_REPLACED = 3
 
-PROGRESS_INTERVAL_SECONDS = 0.25  # at most four job_progress frames a second per job
+PROGRESS_INTERVAL_SECONDS = 0.25  # at most four job_progress frames a second per job, by default
+MIN_PROGRESS_INTERVAL_SECONDS = 0.05  # the pacer keeps even this under the portal's message rate
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 MIN_HEARTBEAT_SECONDS = 1.0
 OPEN_TIMEOUT_SECONDS = 20.0
@@ -77,6 +82,9 @@ class AgentOptions:
     ca_file: str | None = None
     allow_browse: bool = False
     heartbeat_interval: float | None = None
+    # A new password's (L, R): the agent changes the account's password to it once registered.
+    new_password_keys: tuple[bytes, bytes] | None = None
+    progress_interval: float = PROGRESS_INTERVAL_SECONDS
 
 
 REFUSAL_MESSAGES = {
@@ -106,12 +114,14 @@ class Agent:
         ring: RingBufferHandler | None = None,
         display: ProgressDisplay | None = None,
         backoff: Backoff | None = None,
+        profile_store: ProfileStore | None = None,
     ) -> None:
         self.options, self.state = options, state
         self._login_key = login_key
-        # R stays in memory only: it will unwrap the profile's secrets (the vault keys) once
-        # client-side encryption lands. It is never written and never sent.
-        self._wrapping_key = wrapping_key
+        # Only P = HKDF(R) is kept, in memory: it opens the profile secrets (the vaults' E keys).
+        # Neither R nor P is ever written or sent.
+        self.account = AccountIdentity(options.tenant, options.username)
+        self._profile_key = crypto.profile_key(wrapping_key)
         self.ring = ring or RingBufferHandler()
         self.display = display or ProgressDisplay(None, bar=False)
         self.backoff = backoff or Backoff()
@@ -120,8 +130,13 @@ class Agent:
             if not item.path.exists():
                 logger.warning("The protected path %s does not exist (yet).", item.path)
         self.vault = local_vault(options.vault_dir)
+        self.vault_storage = LocalDirectoryStorage(self.vault.path) if self.vault is not None else None
+        self.vault_key_id = ""  # the E in use, as last seen (an id, not a secret), for status reports
         self.tls = tls_context(options.server, options.ca_file)
-        self.jobs: dict[str, BackupJob] = {}
+        self.profile_store: ProfileStore = profile_store or rest.RemoteProfile(
+            options.server, tls=self.tls, token=lambda: self.state.token
+        )
+        self.jobs: dict[str, Job] = {}
         self._job_done: dict[str, asyncio.Event] = {}
         self._ws: ClientConnection | None = None
         self._send_lock = asyncio.Lock()
@@ -145,6 +160,8 @@ class Agent:
                 if not self.state.token:
                     await self._register()
                     continue
+                if self.options.new_password_keys is not None:
+                    await self._change_password()
                 code = await self._connect_once()
                 if self._stop.is_set():
                     break
@@ -253,6 +270,42 @@ class Agent:
             self._registered_since_welcome = True
             logger.info("Registered as device %s.", self.state.device_id)
             return
+
+    async def _change_password(self) -> None:
+        """Change the account's password: the profile secrets are sealed again under the new R here,
+        and the portal receives the new L and that ciphertext together, never a password or a key."""
+        assert self.options.new_password_keys is not None
+        new_login_key, new_wrapping_key = self.options.new_password_keys
+        new_profile_key = crypto.profile_key(new_wrapping_key)
+        for _ in range(5):
+            try:
+                stored = await in_daemon_thread(self.profile_store.fetch)
+                blob = profile_rewrap(
+                    stored.blob, old_key=self._profile_key, new_key=new_profile_key, account=self.account
+                )
+                await in_daemon_thread(
+                    rest.change_password,
+                    self.options.server,
+                    tls=self.tls,
+                    token=self.state.token,
+                    old_l_key=self._login_key,
+                    new_l_key=new_login_key,
+                    version=stored.version,
+                    secrets=blob,
+                )
+            except rest.PortalRefused as refusal:
+                if refusal.status == 409:
+                    continue  # another device changed the profile meanwhile: seal its new version
+                raise FatalError(f"The portal refused the password change: {refusal.message or refusal}.") from None
+            except rest.PortalUnavailable as error:
+                raise FatalError(f"Cannot change the password now ({error}); the old one still works.") from None
+            except VaultError as error:
+                raise FatalError(str(error)) from None
+            self._login_key, self._profile_key = new_login_key, new_profile_key
+            self.options.new_password_keys = None
+            logger.warning("Changed the account's password; use the new one from now on, on every device.")
+            return
+        raise FatalError("The account's profile kept changing during the password change; try again.")
 
     # --- One connection ----------------------------------------------------------------------
 
@@ -408,14 +461,18 @@ class Agent:
         ]
         vaults = []
         if self.vault is not None:
-            vaults.append(
-                {
-                    "vault_id": self.vault.vault_id,
-                    "name": self.vault.name,
-                    "kind": "local",
-                    "bytes_used": tree_size(self.vault.path),
-                }
-            )
+            vault: dict[str, Any] = {
+                "vault_id": self.vault.vault_id,
+                "name": self.vault.name,
+                "kind": "local",
+                "bytes_used": tree_size(self.vault.path),
+            }
+            # The key objects' names are the key ids: readable without opening the vault.
+            stored_ids = key_ids(self.vault_storage) if self.vault_storage is not None else []
+            if stored_ids:
+                chosen = self.vault_key_id if self.vault_key_id in stored_ids else stored_ids[-1]
+                vault.update(encryption_format=crypto.FORMAT_VERSION, key_id=chosen)
+            vaults.append(vault)
         return {"type": "status", "protected_items": items, "vaults": vaults}
 
     # --- Commands ----------------------------------------------------------------------------
@@ -469,14 +526,14 @@ class Agent:
         return commands.update_software(parameters), None
 
     async def _refresh_profile(self, command_id: str, parameters: dict[str, Any]) -> Handled:
+        """Read the profile and check that this device can open it (the password is still current)."""
         try:
-            profile = await in_daemon_thread(
-                rest.fetch_profile, self.options.server, tls=self.tls, token=self.state.token
-            )
+            version, secrets = await in_daemon_thread(self._keyring().read)
         except (rest.PortalRefused, rest.PortalUnavailable) as error:
             return failed(f"cannot fetch the profile: {error}"), None
-        # The secrets stay opaque: unwrapping them with R comes with client-side encryption.
-        return Outcome("succeeded", {"profile_version": profile.get("version")}), self.send_status
+        except VaultError as error:
+            return failed(str(error)), None
+        return Outcome("succeeded", {"profile_version": version, "vault_keys": len(secrets.vaults)}), self.send_status
 
     async def _drop_connection(self, command_id: str, parameters: dict[str, Any]) -> Handled:
         ws = self._ws
@@ -514,34 +571,172 @@ class Agent:
             await asyncio.wait_for(done.wait(), CANCEL_WAIT_SECONDS)
         return Outcome("succeeded", {"job_id": job_id, "job_status": job.status}), None
 
+    # --- Vault commands: backup, restore, retention, key rotation, snapshots --------------------
+
+    def _vault_for(self, parameters: dict[str, Any]) -> LocalDirectoryStorage | None:
+        if self.vault is None or self.vault_storage is None or parameters.get("vault_id") != self.vault.vault_id:
+            return None
+        return self.vault_storage
+
+    def _keyring(self) -> Keyring:
+        return Keyring(self.profile_store, profile_key=self._profile_key, account=self.account)
+
+    async def _open_vault(self, storage: LocalDirectoryStorage, *, create: bool) -> Vault | Outcome:
+        """Open the vault with its E from the profile (read afresh); an Outcome says why it cannot be."""
+        assert self.vault is not None
+        try:
+            opened = await in_daemon_thread(self._keyring().open_vault, storage, self.vault.vault_id, create=create)
+        except (rest.PortalRefused, rest.PortalUnavailable) as error:
+            return failed(f"cannot read the account's profile secrets: {error}")
+        except crypto.IntegrityError as error:
+            return failed(f"the vault's key failed verification: {error}")
+        except VaultKeyMissing as error:
+            self.vault_key_id = ""  # the key is gone: the status report stops naming it
+            return failed(str(error))
+        except (VaultError, OSError) as error:
+            return failed(str(error))
+        self.vault_key_id = opened.keys.key_id
+        return opened
+
+    @staticmethod
+    def _keep_snapshots(parameters: dict[str, Any]) -> int | None | Outcome:
+        keep = parameters.get("keep_snapshots")
+        if keep is None:
+            return None
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            return failed("'keep_snapshots' must be a whole number of at least 1")
+        return keep
+
+    async def _job_outcome(self, job: Job, command_id: str, noun: str) -> Handled:
+        status = await self.run_job(job, command_id=command_id)
+        result = {"job_id": job.job_id, "job_status": status, **job.counters.snapshot(), **job.result}
+        if status in ("succeeded", "warning"):
+            return Outcome("succeeded", result), self.send_status
+        if status == "cancelled":
+            return Outcome("cancelled", result, f"the {noun} was cancelled"), self.send_status
+        reason = next((line["message"] for line in reversed(job.log_lines) if line["level"] == "error"), "")
+        return Outcome("failed", result, reason or f"the {noun} failed; see the job's log"), self.send_status
+
     async def _run_backup(self, command_id: str, parameters: dict[str, Any]) -> Handled:
         item = self.items.get(str(parameters.get("protected_item_id", "")))
         if item is None:
             return failed("no such protected item on this device"), None
-        if self.vault is None or parameters.get("vault_id") != self.vault.vault_id:
+        storage = self._vault_for(parameters)
+        if storage is None:
             return failed("no such vault on this device"), None
-        if any(job.item_id == item.item_id for job in self.jobs.values()):
+        keep = self._keep_snapshots(parameters)
+        if isinstance(keep, Outcome):
+            return keep, None
+        if any(job.item_id == item.item_id and job.kind == "backup" for job in self.jobs.values()):
             return failed("a backup of this protected item is already running"), None
+        opened = await self._open_vault(storage, create=True)
+        if isinstance(opened, Outcome):
+            return opened, None
         job = BackupJob(
             source=item.path,
-            vault_dir=self.vault.path,
+            vault=opened,
             item_id=item.item_id,
-            vault_id=self.vault.vault_id,
+            exclude=storage.root,
+            keep_snapshots=keep,
             logger=logger,
         )
-        status = await self.run_job(job, command_id=command_id)
-        result = {"job_id": job.job_id, "job_status": status, **job.counters.snapshot()}
-        if job.snapshot_dir is not None:
-            result["snapshot"] = job.snapshot_dir.name
-        if status in ("succeeded", "warning"):
-            return Outcome("succeeded", result), self.send_status
-        if status == "cancelled":
-            return Outcome("cancelled", result, "the backup was cancelled"), self.send_status
-        return Outcome("failed", result, "the backup failed; see the job's log"), self.send_status
+        return await self._job_outcome(job, command_id, "backup")
+
+    async def _restore(self, command_id: str, parameters: dict[str, Any]) -> Handled:
+        storage = self._vault_for(parameters)
+        if storage is None:
+            return failed("no such vault on this device"), None
+        target = parameters.get("target")
+        if not isinstance(target, str) or not Path(target).expanduser().is_absolute():
+            return failed("'target' must be an absolute path to a new or empty folder"), None
+        snapshot_id, item_id = parameters.get("snapshot_id"), parameters.get("protected_item_id")
+        if not isinstance(snapshot_id, str) and not isinstance(item_id, str):
+            return failed(
+                "name the snapshot (snapshot_id) or the protected item whose newest snapshot to restore"
+            ), None
+        opened = await self._open_vault(storage, create=False)
+        if isinstance(opened, Outcome):
+            return opened, None
+        job = RestoreJob(
+            vault=opened,
+            target=Path(target).expanduser(),
+            item_id=item_id if isinstance(item_id, str) else "",
+            snapshot_id=snapshot_id if isinstance(snapshot_id, str) else None,
+            logger=logger,
+        )
+        return await self._job_outcome(job, command_id, "restore")
+
+    async def _apply_retention(self, command_id: str, parameters: dict[str, Any]) -> Handled:
+        storage = self._vault_for(parameters)
+        if storage is None:
+            return failed("no such vault on this device"), None
+        item_id = parameters.get("protected_item_id")
+        keep = self._keep_snapshots(parameters)
+        if not isinstance(item_id, str) or not item_id or keep is None:
+            return failed("name the protected item and how many snapshots to keep (keep_snapshots)"), None
+        if isinstance(keep, Outcome):
+            return keep, None
+        opened = await self._open_vault(storage, create=False)
+        if isinstance(opened, Outcome):
+            return opened, None
+        job = RetentionJob(vault=opened, item_id=item_id, keep=keep, logger=logger)
+        return await self._job_outcome(job, command_id, "retention")
+
+    async def _rotate_vault_key(self, command_id: str, parameters: dict[str, Any]) -> Handled:
+        storage = self._vault_for(parameters)
+        if storage is None:
+            return failed("no such vault on this device"), None
+        assert self.vault is not None
+
+        def rotate() -> tuple[str, str]:
+            with storage.lock():
+                return self._keyring().rotate(storage, self.vault.vault_id)  # type: ignore[union-attr]
+
+        try:
+            old_id, new_id = await in_daemon_thread(rotate)
+        except (rest.PortalRefused, rest.PortalUnavailable) as error:
+            return failed(f"cannot update the account's profile secrets: {error}"), None
+        except (crypto.IntegrityError, VaultError, OSError) as error:
+            return failed(f"the key was not rotated: {error}"), None
+        self.vault_key_id = new_id
+        logger.info("Rotated the key of vault %s: %s replaces %s.", self.vault.vault_id, new_id, old_id)
+        return Outcome("succeeded", {"old_key_id": old_id, "key_id": new_id}), self.send_status
+
+    async def _list_snapshots(self, command_id: str, parameters: dict[str, Any]) -> Handled:
+        storage = self._vault_for(parameters)
+        if storage is None:
+            return failed("no such vault on this device"), None
+        opened = await self._open_vault(storage, create=False)
+        if isinstance(opened, Outcome):
+            return opened, None
+
+        def summaries() -> list[dict[str, Any]]:
+            with storage.lock():
+                return [
+                    {
+                        "snapshot_id": manifest["snapshot_id"],
+                        "protected_item_id": manifest["item_id"],
+                        "created_at": manifest["created_at"],
+                        "files": len(manifest["files"]),
+                        "bytes": sum(entry["size"] for entry in manifest["files"]),
+                    }
+                    for manifest in opened.manifests()
+                ]
+
+        try:
+            listed = await asyncio.to_thread(summaries)
+        except (crypto.IntegrityError, VaultError, OSError) as error:
+            return failed(f"cannot list the snapshots: {error}"), None
+        newest_first = sorted(listed, key=lambda summary: (summary["created_at"], summary["snapshot_id"]), reverse=True)
+        return Outcome("succeeded", commands.fit_list({"snapshots": newest_first}, "snapshots", keep="head")), None
 
     _handlers: dict[str, Callable[[Agent, str, dict[str, Any]], Awaitable[Handled]]] = {
         "ping": _ping,
         "run_backup": _run_backup,
+        "restore": _restore,
+        "apply_retention": _apply_retention,
+        "rotate_vault_key": _rotate_vault_key,
+        "list_snapshots": _list_snapshots,
         "cancel_job": _cancel_job,
         "refresh_profile": _refresh_profile,
         "update_software": _update_software,
@@ -553,8 +748,8 @@ class Agent:
 
     # --- Jobs --------------------------------------------------------------------------------
 
-    async def run_job(self, job: BackupJob, *, command_id: str | None) -> str:
-        """Run a backup job in a worker thread, reporting start, progress and end; return its status."""
+    async def run_job(self, job: Job, *, command_id: str | None) -> str:
+        """Run a job in a worker thread, reporting start, progress and end; return its status."""
         self.jobs[job.job_id] = job
         self._job_done[job.job_id] = asyncio.Event()
         try:
@@ -575,7 +770,7 @@ class Agent:
                 status = await asyncio.to_thread(job.run)
             except Exception as error:  # anything unexpected still ends the job, as failed
                 logger.exception("Job %s failed.", job.job_id)
-                job.log("error", f"The backup stopped: {error}")
+                job.log("error", f"The {job.kind} stopped: {error}")
                 status = job.status = "failed"
             finally:
                 reporter.cancel()
@@ -589,17 +784,19 @@ class Agent:
                 **{key: value for key, value in job.counters.snapshot().items() if key != "percent"},
                 "log_lines": job.finished_log_lines(),
             }
+            if job.snapshot_id:
+                finished["snapshot_id"] = job.snapshot_id
             await self.send(commands.fit_list(finished, "log_lines", keep="tail"), keep=True)
             return status
         finally:
             self.jobs.pop(job.job_id, None)
             self._job_done.pop(job.job_id).set()
 
-    async def _report_progress(self, job: BackupJob) -> None:
+    async def _report_progress(self, job: Job) -> None:
         last: dict[str, Any] | None = None
-        label = f"backup {job.source.name or job.source}"
+        label = job.label
         while True:
-            await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
+            await asyncio.sleep(max(MIN_PROGRESS_INTERVAL_SECONDS, self.options.progress_interval))
             snapshot = job.counters.snapshot()
             self.display.update(job.job_id, label, snapshot, time.monotonic() - job.started_at)
             if snapshot != last:

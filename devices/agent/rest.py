@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import ipaddress
 import json
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from devices.agent import __version__
+from devices.agent import __version__, profile
 
 TIMEOUT_SECONDS = 30
 USER_AGENT = f"backup-agent/{__version__}"
@@ -133,3 +135,54 @@ def register(
 def fetch_profile(server: str, *, tls: ssl.SSLContext | None, token: str) -> dict[str, Any]:
     """Return the account's profile: {"version", "secrets"} (secrets stay opaque to the server)."""
     return _request(endpoint(server, "/api/device/v1/profile/"), method="GET", body=None, token=token, tls=tls)
+
+
+def store_profile(
+    server: str, *, tls: ssl.SSLContext | None, token: str, version: int, secrets: bytes
+) -> dict[str, Any]:
+    """Store the sealed profile secrets if `version` is still current (else PortalRefused, 409)."""
+    body = {"version": version, "secrets": base64.b64encode(secrets).decode()}
+    return _request(endpoint(server, "/api/device/v1/profile/"), method="PUT", body=body, token=token, tls=tls)
+
+
+def change_password(
+    server: str,
+    *,
+    tls: ssl.SSLContext | None,
+    token: str,
+    old_l_key: bytes,
+    new_l_key: bytes,
+    version: int,
+    secrets: bytes,
+) -> dict[str, Any]:
+    """Replace the account's login key and its profile secrets (sealed under the new password) at once."""
+    body = {
+        "old_l_key": old_l_key.hex(),
+        "new_l_key": new_l_key.hex(),
+        "version": version,
+        "secrets": base64.b64encode(secrets).decode(),
+    }
+    return _request(endpoint(server, "/api/device/v1/password/"), method="POST", body=body, token=token, tls=tls)
+
+
+class RemoteProfile:
+    """The account's profile secrets on the portal, as devices.agent.profile.ProfileStore wants them."""
+
+    def __init__(self, server: str, *, tls: ssl.SSLContext | None, token: Callable[[], str]) -> None:
+        self.server, self.tls, self.token = server, tls, token
+
+    def fetch(self) -> profile.StoredProfile:
+        answer = fetch_profile(self.server, tls=self.tls, token=self.token())
+        try:
+            return profile.StoredProfile(int(answer["version"]), base64.b64decode(answer["secrets"], validate=True))
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise PortalUnavailable("the portal's profile answer is malformed") from None
+
+    def store(self, *, version: int, blob: bytes) -> int:
+        try:
+            answer = store_profile(self.server, tls=self.tls, token=self.token(), version=version, secrets=blob)
+        except PortalRefused as refusal:
+            if refusal.status == 409:
+                raise profile.ProfileConflict from None
+            raise
+        return int(answer.get("version", version + 1))

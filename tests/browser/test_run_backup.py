@@ -162,7 +162,7 @@ def test_it_runs_a_backup_from_the_device_page_and_shows_it_live(fleet_portal, p
     for attempt in range(3):
         page.click("#device-jobs tr.log-row summary")
         try:
-            page.wait_for_selector("#device-jobs [data-testid=job-log] >> text=Copied", timeout=5_000)
+            page.wait_for_selector("#device-jobs [data-testid=job-log] >> text=Backed up", timeout=5_000)
             break
         except Exception:
             if attempt == 2:

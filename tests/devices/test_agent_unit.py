@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 
 from devices import protocol
-from devices.agent import commands
+from devices.agent import commands, crypto
 from devices.agent.backup import BackupJob, stable_id
 from devices.agent.client import Agent, AgentOptions
 from devices.agent.config import EXECUTED_COMMANDS_KEPT, STATE_FILE, AgentState
 from devices.agent.pacing import Backoff
+from devices.agent.profile import AccountIdentity, Keyring, ProfileConflict, StoredProfile
+from devices.agent.storage import LocalDirectoryStorage
+from devices.agent.vault import Vault
 
 SERVER = "https://backup.example.com"
 
@@ -52,7 +55,14 @@ def make_tree(root: Path) -> dict[str, bytes]:
     return contents
 
 
-def make_agent(tmp_path: Path, *, protect: list[Path] | None = None, vault: Path | None = None, **options) -> Agent:
+def make_agent(
+    tmp_path: Path,
+    *,
+    protect: list[Path] | None = None,
+    vault: Path | None = None,
+    profile_store: MemoryProfile | None = None,
+    **options,
+) -> Agent:
     return Agent(
         AgentOptions(
             server=SERVER,
@@ -66,6 +76,7 @@ def make_agent(tmp_path: Path, *, protect: list[Path] | None = None, vault: Path
         make_state(tmp_path / "state"),
         login_key=b"L" * 24,
         wrapping_key=b"R" * 24,
+        profile_store=profile_store or MemoryProfile(),
     )
 
 
@@ -195,6 +206,30 @@ def test_it_keeps_a_state_folder_that_holds_other_files_on_uninstall(tmp_path):
 
 
 # --- Backup job -----------------------------------------------------------------------------
+# The encrypted format, restore, retention and tampering: tests/devices/test_backup_restore.py.
+
+
+class MemoryProfile:
+    """The portal's profile endpoint (the network edge), in memory."""
+
+    def __init__(self) -> None:
+        self.version, self.blob = 0, b""
+
+    def fetch(self) -> StoredProfile:
+        return StoredProfile(self.version, self.blob)
+
+    def store(self, *, version: int, blob: bytes) -> int:
+        if version != self.version:
+            raise ProfileConflict
+        self.blob, self.version = blob, self.version + 1
+        return self.version
+
+
+def open_vault(folder: Path, profile: MemoryProfile | None = None) -> Vault:
+    keyring = Keyring(
+        profile or MemoryProfile(), profile_key=crypto.profile_key(b"R" * 24), account=AccountIdentity("acme", "alice")
+    )
+    return keyring.open_vault(LocalDirectoryStorage(folder), "local-1", create=True)
 
 
 def run_job(job: BackupJob) -> str:
@@ -202,54 +237,56 @@ def run_job(job: BackupJob) -> str:
     return job.run()
 
 
-def test_it_copies_a_folder_tree_byte_for_byte(tmp_path):
+def test_it_backs_a_folder_tree_up_into_one_snapshot(tmp_path):
     contents = make_tree(tmp_path / "source")
     item_id = stable_id("files", tmp_path / "source")
-    job = BackupJob(source=tmp_path / "source", vault_dir=tmp_path / "vault", item_id=item_id, vault_id="local-1")
+    job = BackupJob(source=tmp_path / "source", vault=open_vault(tmp_path / "vault"), item_id=item_id)
     assert run_job(job) == "succeeded"
     total = sum(len(content) for content in contents.values())
-    assert job.counters.snapshot() == {
+    counters = job.counters.snapshot()
+    assert {key: counters[key] for key in ("percent", "files_done", "files_total", "bytes_read")} == {
         "percent": 100.0,
         "files_done": len(contents),
         "files_total": len(contents),
         "bytes_read": total,
-        "bytes_uploaded": total,
     }
-    snapshots = list((tmp_path / "vault" / item_id).iterdir())
-    assert snapshots == [job.snapshot_dir] and not job.snapshot_dir.name.endswith(".partial")
-    copied = {
-        str(path.relative_to(job.snapshot_dir)): path.read_bytes()
-        for path in job.snapshot_dir.rglob("*")
-        if path.is_file()
-    }
-    assert copied == contents
-    assert stat.S_IMODE((job.snapshot_dir / "readme.txt").stat().st_mode) == 0o600
-    assert job.log_lines[-1]["level"] == "info" and "Copied 5 of 5 files" in job.log_lines[-1]["message"]
+    assert counters["bytes_new"] == total and counters["chunks_new"] == counters["chunks_total"] == 6
+    assert counters["bytes_uploaded"] > total  # sealed chunks and the manifest
+    assert job.vault.snapshot_ids() == [job.snapshot_id]
+    manifest = job.vault.read_manifest(job.snapshot_id)
+    assert sorted(entry["path"] for entry in manifest["files"]) == sorted(contents)
+    assert job.log_lines[-1]["level"] == "info" and "Backed up 5 of 5 files" in job.log_lines[-1]["message"]
 
 
-def test_it_never_copies_the_vault_into_itself(tmp_path):
+def test_it_never_backs_the_vault_up_into_itself(tmp_path):
     make_tree(tmp_path / "source")
-    vault = tmp_path / "source" / "vault"
-    first = BackupJob(source=tmp_path / "source", vault_dir=vault, item_id="files-x", vault_id="local-1")
+    vault_folder = tmp_path / "source" / "vault"
+    profile = MemoryProfile()
+    first = BackupJob(
+        source=tmp_path / "source", vault=open_vault(vault_folder, profile), item_id="files-x", exclude=vault_folder
+    )
     assert run_job(first) == "succeeded"
-    second = BackupJob(source=tmp_path / "source", vault_dir=vault, item_id="files-x", vault_id="local-1")
+    second = BackupJob(
+        source=tmp_path / "source", vault=open_vault(vault_folder, profile), item_id="files-x", exclude=vault_folder
+    )
     assert run_job(second) == "succeeded"
     assert second.counters.files_total == first.counters.files_total == 5
-    assert len(list((vault / "files-x").iterdir())) == 2  # two snapshots, named apart
+    assert len(second.vault.snapshot_ids()) == 2 and second.counters.chunks_new == 0
 
 
 def test_it_skips_an_unreadable_file_with_a_warning(tmp_path):
     contents = make_tree(tmp_path / "source")
-    job = BackupJob(source=tmp_path / "source", vault_dir=tmp_path / "vault", item_id="files-x", vault_id="local-1")
+    job = BackupJob(source=tmp_path / "source", vault=open_vault(tmp_path / "vault"), item_id="files-x")
     job.scan()
     (tmp_path / "source" / "readme.txt").unlink()  # gone between listing and reading
     assert job.run() == "warning"
     counters = job.counters.snapshot()
     assert counters["files_done"] == len(contents) - 1 and counters["files_total"] == len(contents)
-    assert counters["bytes_uploaded"] == sum(len(content) for content in contents.values()) - len(b"hello\n")
+    assert counters["bytes_read"] == sum(len(content) for content in contents.values()) - len(b"hello\n")
     assert counters["percent"] == 100.0
     assert any(line["level"] == "warning" and "readme.txt" in line["message"] for line in job.log_lines)
-    assert not (job.snapshot_dir / "readme.txt").exists() and (job.snapshot_dir / "empty.dat").exists()
+    listed = {entry["path"] for entry in job.vault.read_manifest(job.snapshot_id)["files"]}
+    assert "readme.txt" not in listed and "empty.dat" in listed
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="FIFOs are POSIX")
@@ -257,40 +294,40 @@ def test_it_leaves_out_special_files_and_symbolic_links(tmp_path):
     make_tree(tmp_path / "source")
     os.mkfifo(tmp_path / "source" / "pipe")  # reading it would block the job forever
     (tmp_path / "source" / "link").symlink_to(tmp_path / "source" / "readme.txt")
-    job = BackupJob(source=tmp_path / "source", vault_dir=tmp_path / "vault", item_id="files-x", vault_id="local-1")
+    job = BackupJob(source=tmp_path / "source", vault=open_vault(tmp_path / "vault"), item_id="files-x")
     assert run_job(job) == "succeeded"
     assert job.counters.files_total == 5
 
 
 def test_it_fails_a_backup_of_a_missing_folder(tmp_path):
-    job = BackupJob(source=tmp_path / "nowhere", vault_dir=tmp_path / "vault", item_id="files-x", vault_id="local-1")
+    job = BackupJob(source=tmp_path / "nowhere", vault=open_vault(tmp_path / "vault"), item_id="files-x")
     assert run_job(job) == "failed"
     assert job.log_lines[-1]["level"] == "error"
 
 
 def test_it_stops_a_cancelled_backup_between_chunks(tmp_path, monkeypatch):
     (tmp_path / "source").mkdir()
-    (tmp_path / "source" / "big.bin").write_bytes(b"x" * 4_000_000)
-    # One byte per chunk makes the copy slow enough to cancel in the middle of the file.
-    monkeypatch.setattr("devices.agent.backup.CHUNK_BYTES", 1)
-    job = BackupJob(source=tmp_path / "source", vault_dir=tmp_path / "vault", item_id="files-x", vault_id="local-1")
+    (tmp_path / "source" / "big.bin").write_bytes(os.urandom(4_000_000))
+    # Small chunks make the backup slow enough to cancel in the middle of the file.
+    monkeypatch.setattr("devices.agent.backup.CHUNK_BYTES", 4096)
+    job = BackupJob(source=tmp_path / "source", vault=open_vault(tmp_path / "vault"), item_id="files-x")
     job.scan()
     worker = threading.Thread(target=job.run)
     worker.start()
     deadline = time.monotonic() + 10
-    while job.counters.bytes_read == 0 and time.monotonic() < deadline:
+    while job.counters.chunks_new == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
     job.cancel.set()
     worker.join(10)
     assert not worker.is_alive()
     assert job.status == "cancelled"
     assert 0 < job.counters.bytes_read < 4_000_000 and job.counters.files_done == 0
-    assert list((tmp_path / "vault" / "files-x").iterdir()) == []  # the partial snapshot is gone
+    assert job.vault.snapshot_ids() == []  # no snapshot: a cancelled backup never writes its manifest
     assert job.log_lines[-1] == {**job.log_lines[-1], "level": "warning"}
 
 
 def test_it_keeps_the_last_job_log_lines_within_the_protocol_limit(tmp_path):
-    job = BackupJob(source=tmp_path, vault_dir=tmp_path / "vault", item_id="files-x", vault_id="local-1")
+    job = BackupJob(source=tmp_path, vault=open_vault(tmp_path / "vault"), item_id="files-x")
     for number in range(protocol.MAX_LOG_LINES + 20):
         job.log("warning", f"line {number}")
     lines = job.finished_log_lines()
@@ -389,15 +426,19 @@ async def test_it_reports_a_backup_job_start_and_end_while_offline(tmp_path):
     assert result["status"] == "succeeded" and result["result"]["job_id"] == started["job_id"]
     for frame in sent:  # every frame the agent would send passes the portal's own validation
         protocol.parse(json.dumps(frame))
+    assert finished["chunks_new"] == finished["chunks_total"] == 6 and finished["snapshot_id"]
     status = agent.status_frame()
     protocol.parse(json.dumps({"v": 1, **status}))
-    assert status["vaults"][0]["bytes_used"] == sum(len(content) for content in contents.values())
+    (vault_status,) = status["vaults"]
+    stored = sum(path.stat().st_size for path in (tmp_path / "vault").rglob("*") if path.is_file())
+    assert vault_status["bytes_used"] == stored == finished["vault_bytes_used"]
+    assert vault_status["encryption_format"] == 1 and vault_status["key_id"] == agent.vault_key_id
 
 
 async def test_it_cancels_a_running_job_on_command(tmp_path, monkeypatch):
     (tmp_path / "source").mkdir()
-    (tmp_path / "source" / "big.bin").write_bytes(b"x" * 2_000_000)
-    monkeypatch.setattr("devices.agent.backup.CHUNK_BYTES", 1)
+    (tmp_path / "source" / "big.bin").write_bytes(os.urandom(8_000_000))
+    monkeypatch.setattr("devices.agent.backup.CHUNK_BYTES", 4096)
     agent = make_agent(tmp_path, protect=[tmp_path / "source"], vault=tmp_path / "vault")
     parameters = {"protected_item_id": next(iter(agent.items)), "vault_id": agent.vault.vault_id}
     agent._on_command({"command_id": str(uuid.uuid4()), "kind": "run_backup", "parameters": parameters})
@@ -419,7 +460,7 @@ async def test_it_cancels_a_running_job_on_command(tmp_path, monkeypatch):
 
 
 def test_it_runs_without_django():
-    """The agent ships to customers' machines: the standard library, websockets and bcrypt only."""
+    """The agent ships to customers' machines: the standard library, websockets, bcrypt and cryptography only."""
     code = (
         "import sys, devices.agent.__main__, devices.agent.client\n"
         "print(sorted({name.split('.')[0] for name in sys.modules} & {'django', 'channels', 'rest_framework'}))"

@@ -85,7 +85,7 @@ class Agent:
             self.process.wait(timeout=15)
 
     def snapshots(self) -> list[Path]:
-        return [path for path in (self.root / "vault").glob("*/*") if path.is_dir()]
+        return list((self.root / "vault" / "snapshots").glob("*"))
 
 
 @dataclass

@@ -6,6 +6,7 @@ read once per process and pytest-django forces DEBUG off in this one anyway.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import subprocess
@@ -29,6 +30,7 @@ SETTINGS_VARIABLES = {
     "SECURE_HSTS_SECONDS",
     "SECURE_HSTS_INCLUDE_SUBDOMAINS",
     "SECURE_HSTS_PRELOAD",
+    "SECRETS_KEYS",
 }
 
 PRODUCTION = {
@@ -43,6 +45,7 @@ PRODUCTION = {
     "SECURE_HSTS_SECONDS": "31536000",
     "SECURE_HSTS_INCLUDE_SUBDOMAINS": "1",
     "SECURE_HSTS_PRELOAD": "1",
+    "SECRETS_KEYS": "k2026=" + base64.b64encode(bytes(range(32))).decode(),
 }
 
 
@@ -97,5 +100,5 @@ def test_it_fails_the_deploy_checks_without_them(tmp_path):
     result = run_django(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], {}, tmp_path)
 
     assert result.returncode != 0
-    for warning in ("security.W004", "security.W008", "security.W012"):
+    for warning in ("security.W004", "security.W008", "security.W012", "tenants.W001"):
         assert warning in result.stderr

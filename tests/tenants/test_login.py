@@ -7,20 +7,19 @@ from axes.models import AccessAttempt
 from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from tenants.models import AuditEvent
+from tenants.models import AuditEvent, AuthenticatorDevice
 from tenants.views_account import PENDING_LOGIN_KEY
 from tests.conftest import PASSWORD
 
 
-def authenticator_code(device: TOTPDevice, steps_ahead: int = 0) -> str:
+def authenticator_code(device: AuthenticatorDevice, steps_ahead: int = 0) -> str:
     """Compute the code the person's app shows now (or `steps_ahead` time steps later)."""
     return f"{totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=steps_ahead):06d}"
 
 
-def enrol(user, recovery_codes: tuple[str, ...] = ("aaaabbbb", "ccccdddd")) -> TOTPDevice:
-    device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=True)
+def enrol(user, recovery_codes: tuple[str, ...] = ("aaaabbbb", "ccccdddd")) -> AuthenticatorDevice:
+    device = AuthenticatorDevice.objects.create(user=user, name="Authenticator app", confirmed=True)
     static = StaticDevice.objects.create(user=user, name="Recovery codes", confirmed=True)
     for code in recovery_codes:
         static.token_set.create(token=code)

@@ -7,9 +7,8 @@ import pytest
 from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from tenants.models import AuditEvent, Membership
+from tenants.models import AuditEvent, AuthenticatorDevice, Membership
 from tenants.roles import Role
 from tests.conftest import PASSWORD
 
@@ -18,18 +17,18 @@ RECOVERY = "/account/two-factor/recovery/"
 DISABLE = "/account/two-factor/disable/"
 
 
-def authenticator_code(device: TOTPDevice, steps_ahead: int = 0) -> str:
+def authenticator_code(device: AuthenticatorDevice, steps_ahead: int = 0) -> str:
     """Compute the code the person's app shows now (or `steps_ahead` time steps later)."""
     return f"{totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=steps_ahead):06d}"
 
 
-def wrong_code(device: TOTPDevice) -> str:
+def wrong_code(device: AuthenticatorDevice) -> str:
     return f"{(int(authenticator_code(device)) + 1) % 1_000_000:06d}"
 
 
-def enrol_through_the_pages(client, user) -> TOTPDevice:
+def enrol_through_the_pages(client, user) -> AuthenticatorDevice:
     client.get(SETUP)
-    device = TOTPDevice.objects.get(user=user, confirmed=False)
+    device = AuthenticatorDevice.objects.get(user=user, confirmed=False)
     response = client.post(SETUP, {"code": authenticator_code(device)})
     assert response.status_code == 302 and response["Location"] == RECOVERY
     device.refresh_from_db()
@@ -58,7 +57,7 @@ def test_it_shows_a_qr_code_and_the_secret_to_enrol(acme, as_user):
     client = as_user(acme.technician)
     response = client.get(SETUP)
     assert response.status_code == 200
-    device = TOTPDevice.objects.get(user=acme.technician)
+    device = AuthenticatorDevice.objects.get(user=acme.technician)
     assert device.confirmed is False
     body = response.content.decode()
     assert "<svg" in body
@@ -66,7 +65,7 @@ def test_it_shows_a_qr_code_and_the_secret_to_enrol(acme, as_user):
     assert b32encode(device.bin_key).decode()[:4] in body
     # Reloading keeps the device whose QR code may already have been scanned.
     client.get(SETUP)
-    assert TOTPDevice.objects.filter(user=acme.technician).count() == 1
+    assert AuthenticatorDevice.objects.filter(user=acme.technician).count() == 1
     assert AuditEvent.objects.filter(action="account.two_factor_enrolment_started").count() == 1
 
 
@@ -87,7 +86,7 @@ def test_it_turns_on_with_a_correct_code_and_shows_recovery_codes_once(acme, as_
 def test_it_refuses_a_wrong_code_when_enrolling(acme, as_user):
     client = as_user(acme.technician)
     client.get(SETUP)
-    device = TOTPDevice.objects.get(user=acme.technician)
+    device = AuthenticatorDevice.objects.get(user=acme.technician)
     response = client.post(SETUP, {"code": wrong_code(device)})
     assert response.status_code == 200
     assert b"does not match" in response.content
@@ -134,13 +133,15 @@ def test_it_needs_the_password_and_a_code_to_turn_off(owner_of_two, acme, globex
     assert b"not your current password" in response.content
     response = client.post(DISABLE, {"password": PASSWORD, "code": wrong_code(device)})
     assert b"not valid" in response.content or b"wait a few seconds" in response.content
-    assert TOTPDevice.objects.filter(user=owner_of_two, confirmed=True).exists()
+    assert AuthenticatorDevice.objects.filter(user=owner_of_two, confirmed=True).exists()
     assert not AuditEvent.objects.filter(action="account.two_factor_disabled").exists()
 
-    TOTPDevice.objects.filter(pk=device.pk).update(throttling_failure_count=0, throttling_failure_timestamp=None)
+    AuthenticatorDevice.objects.filter(pk=device.pk).update(
+        throttling_failure_count=0, throttling_failure_timestamp=None
+    )
     response = client.post(DISABLE, {"password": PASSWORD, "code": authenticator_code(device, 1)})
     assert response.status_code == 302 and response["Location"] == SETUP
-    assert not TOTPDevice.objects.filter(user=owner_of_two).exists()
+    assert not AuthenticatorDevice.objects.filter(user=owner_of_two).exists()
     assert not StaticDevice.objects.filter(user=owner_of_two).exists()
     events = AuditEvent.objects.filter(action="account.two_factor_disabled")
     assert {(event.tenant, event.actor_role) for event in events} == {
@@ -155,11 +156,11 @@ def test_it_turns_off_with_a_recovery_code(acme, as_user):
     code = StaticToken.objects.filter(device__user=acme.admin).first().token
     response = client.post(DISABLE, {"password": PASSWORD, "code": code.upper()})
     assert response.status_code == 302
-    assert not TOTPDevice.objects.filter(user=acme.admin).exists()
+    assert not AuthenticatorDevice.objects.filter(user=acme.admin).exists()
 
 
 def test_it_asks_an_unverified_session_for_a_code(acme, as_user):
-    device = TOTPDevice.objects.create(user=acme.admin, name="Authenticator app", confirmed=True)
+    device = AuthenticatorDevice.objects.create(user=acme.admin, name="Authenticator app", confirmed=True)
     client = as_user(acme.admin)  # signed in without the second factor, as after enrolling elsewhere
     response = client.get(SETUP)
     assert b"Verify this session" in response.content

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal.demo import DEMO_TENANT_SLUG, DemoFleet, demo_fleet_prepare, demo_prepare, demo_simulated_fleet_prepare
 from portal.supervisor import ChildSpec, Supervisor
+from tenants import secrets
 
 
 def web_argv(*, host: str, port: int) -> list[str]:
@@ -169,6 +170,9 @@ class Command(BaseCommand):
                     *([f"  Demo devices: {devices} agents of backup account {fleet.username}."] if devices else []),
                     *([f"  Simulated devices: {simulated} (backup account simulated-fleet)."] if simulated else []),
                     "",
+                    "  Secrets at rest (TOTP seeds, vault credentials) are encrypted with keys "
+                    + secrets.keyring_describe()
+                    + ".",
                     "  Data is kept in " + str(settings.DATA_DIR) + ". Press Ctrl-C to stop everything.",
                     "",
                 ]
