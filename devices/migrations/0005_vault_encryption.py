@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('devices', '0002_schedule_fleet_housekeeping'),
+        ('devices', '0004_command_queued_index'),
     ]
 
     operations = [
