@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class TenantsConfig(AppConfig):
     name = "tenants"
     verbose_name = "Tenants"
+
+    def ready(self) -> None:
+        # What this app holds about people, for GDPR export, erasure and the residue scan.
+        from tenants import personal_data_handlers
+
+        personal_data_handlers.register()

@@ -171,3 +171,11 @@ class ServiceHeartbeat(models.Model):
 
 # Staff access requests and grants live in their own module; importing them here registers them.
 from tenants.models_access import AccessPolicy, AccessRequest  # noqa: E402, F401
+from tenants.models_erasure import (  # noqa: E402, F401
+    DataExport,
+    ErasureRecipientStatus,
+    ErasureRequest,
+    ErasureStepRun,
+    ErasureSuppression,
+    PrivacySettings,
+)
