@@ -102,9 +102,13 @@ class FakeLicensing:
     erased: dict[str, dict[str, Any]] = field(default_factory=dict)
     usernames: list[str] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    # Set in another process (a Celery worker) that calls a server this process does not run.
+    url_override: str = ""
 
     @property
     def url(self) -> str:
+        if self.url_override:
+            return self.url_override
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}/erasures"
 
