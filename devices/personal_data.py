@@ -254,10 +254,20 @@ def _step_revoke_tokens(subject: Subject) -> StepOutcome:
     return StepOutcome(counts={"tokens_revoked": changed})
 
 
-def _batched_delete(queryset: Any, name: str) -> StepOutcome:
+def _batched_delete(queryset: Any, name: str, *, nothing_refers: bool = False) -> StepOutcome:
+    """Delete one batch of the rows; done when fewer than a batch were left.
+
+    `nothing_refers`: the rows that pointed at these were deleted by an earlier step, so a plain
+    DELETE is enough and Django's collector need not load each batch first (a million job rows
+    took twice as long through it).
+    """
     ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:BATCH])
     if ids:
-        queryset.model.objects.filter(pk__in=ids).delete()
+        batch = queryset.model.objects.filter(pk__in=ids)
+        if nothing_refers:
+            batch._raw_delete(batch.db)
+        else:
+            batch.delete()
     return StepOutcome(done=len(ids) < BATCH, counts={name: len(ids)})
 
 
@@ -282,7 +292,10 @@ def _erasure_steps(subject: Subject) -> list[ErasureStep]:
             "job_log_lines",
             lambda s: _batched_delete(JobLogLine.objects.filter(job__device__account_id=account_id), "job_log_lines"),
         ),
-        ErasureStep("jobs", lambda s: _batched_delete(Job.objects.filter(device__account_id=account_id), "jobs")),
+        ErasureStep(
+            "jobs",
+            lambda s: _batched_delete(Job.objects.filter(device__account_id=account_id), "jobs", nothing_refers=True),
+        ),
         ErasureStep(
             "commands", lambda s: _batched_delete(Command.objects.filter(device__account_id=account_id), "commands")
         ),

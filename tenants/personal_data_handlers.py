@@ -15,7 +15,7 @@ from tenants.audit_chain import PLATFORM_CHAIN, chain_name, personal_fields_eras
 from tenants.models import ApiKey, AuditEvent, Invitation, Membership
 from tenants.models_access import AccessRequest
 from tenants.personal_data import ADMIN, BACKUP_ACCOUNT, ErasureStep, Handler, Kept, StepOutcome, Subject
-from tenants.residue import identifiers_replace, mentions, search_variants, token_patterns
+from tenants.residue import identifiers_replace, mentions, search_variants, token_patterns, token_regexes
 
 AUDIT_BATCH = 1000
 
@@ -28,13 +28,13 @@ def _step_audit(subject: Subject) -> StepOutcome:
         return StepOutcome(counts={"audit_events": 0})
     patterns = token_patterns(variants)
     matches = Q()
-    for variant in variants:
+    for regex in token_regexes(variants):
         matches |= (
-            Q(actor_label__icontains=variant)
-            | Q(user_agent__icontains=variant)
-            | Q(ip_text__icontains=variant)
-            | Q(before_text__icontains=variant)
-            | Q(after_text__icontains=variant)
+            Q(actor_label__iregex=regex)
+            | Q(user_agent__iregex=regex)
+            | Q(ip_text__iregex=regex)
+            | Q(before_text__iregex=regex)
+            | Q(after_text__iregex=regex)
         )
     if subject.kind == ADMIN:
         matches |= Q(actor_id=subject.subject_id, personal_erased_at__isnull=True)
@@ -68,7 +68,7 @@ def _step_audit(subject: Subject) -> StepOutcome:
                 names |= {"actor_label", "ip_address", "user_agent"}
             if mentions(event.ip_address, patterns):
                 names.add("ip_address")
-            if names:  # a substring match only (198.51.100.2 in 198.51.100.20) is someone else's
+            if names:  # a match across fields only (the JSON text of a key, say) is nobody's
                 groups.setdefault(frozenset(names), []).append(event)
         for names_erased, group in groups.items():
             replacements = {name: replacement_of[name] for name in names_erased}
@@ -89,9 +89,9 @@ def _step_staff_access_texts(subject: Subject) -> StepOutcome:
     if not variants:
         return StepOutcome(counts={"staff_access_texts": 0})
     matches = Q()
-    for variant in variants:
-        matches |= Q(justification__icontains=variant) | Q(ticket_reference__icontains=variant)
-        matches |= Q(decision_note__icontains=variant)
+    for regex in token_regexes(variants):
+        matches |= Q(justification__iregex=regex) | Q(ticket_reference__iregex=regex)
+        matches |= Q(decision_note__iregex=regex)
     for access in AccessRequest.objects.filter(tenant_id=subject.tenant_id).filter(matches):
         for name in ("justification", "ticket_reference", "decision_note"):
             setattr(access, name, identifiers_replace(getattr(access, name), subject.identifiers, subject.erased_label))
