@@ -325,6 +325,9 @@ HANDLER = Handler(
     export_sections=_export_sections,
     erasure_steps=_erasure_steps,
     describe=_describe,
+    subjects_of_tenant=lambda tenant_id: list(
+        BackupAccount.objects.filter(tenant_id=tenant_id).order_by("pk").values_list("pk", flat=True)
+    ),
 )
 
 

@@ -50,6 +50,8 @@ class ErasureRequest(models.Model):
     # The subject's name while the request is open, so admins can tell requests apart; wiped at the end.
     subject_label = models.CharField(max_length=200, blank=True)
     tombstone = models.CharField(max_length=40, unique=True)
+    # A tenant's offboarding erases each account and team member through a request of its own.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     # Who asked (the account holder, a representative...) and how their identity was verified.

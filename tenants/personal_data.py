@@ -101,6 +101,8 @@ class Handler:
     kept: tuple[Kept, ...] = ()
     # Whether the subject exists in this handler's data (a request can only be opened for one that does).
     describe: Callable[[Subject], str | None] | None = None
+    # The subjects of this handler's kinds in a tenant (ids), for a tenant's offboarding.
+    subjects_of_tenant: Callable[[int], list[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ class Recipient:
 
     name: str
     propagate: Callable[[Subject, str], dict[str, Any]]
-    kinds: frozenset[str] = frozenset(SUBJECT_KINDS)
+    # A tenant's offboarding reaches recipients through the requests of its accounts and admins.
+    kinds: frozenset[str] = frozenset({BACKUP_ACCOUNT, ADMIN})
     max_attempts: int = 12
 
 

@@ -14,7 +14,7 @@ from tenants import personal_data as registry
 from tenants.audit_chain import PLATFORM_CHAIN, chain_name, personal_fields_erase
 from tenants.models import ApiKey, AuditEvent, Invitation, Membership
 from tenants.models_access import AccessRequest
-from tenants.personal_data import ADMIN, BACKUP_ACCOUNT, ErasureStep, Handler, Kept, StepOutcome, Subject
+from tenants.personal_data import ADMIN, BACKUP_ACCOUNT, TENANT, ErasureStep, Handler, Kept, StepOutcome, Subject
 from tenants.residue import identifiers_replace, mentions, search_variants, token_patterns, token_regexes
 
 AUDIT_BATCH = 1000
@@ -294,6 +294,15 @@ def _admin_export_sections(subject: Subject) -> list[registry.ExportSection]:
     ]
 
 
+def _members_only_here(tenant_id: int) -> list[int]:
+    """Return the team members of a tenant who belong to no other tenant (their login goes too)."""
+    members = Membership.objects.filter(tenant_id=tenant_id).values_list("user_id", flat=True)
+    elsewhere = set(
+        Membership.objects.filter(user_id__in=members).exclude(tenant_id=tenant_id).values_list("user_id", flat=True)
+    )
+    return [user_id for user_id in members if user_id not in elsewhere]
+
+
 ADMIN_HANDLER = Handler(
     name="team",
     order=20,
@@ -303,12 +312,142 @@ ADMIN_HANDLER = Handler(
     export_sections=_admin_export_sections,
     erasure_steps=_admin_steps,
     describe=_admin_describe,
+    subjects_of_tenant=_members_only_here,
+)
+
+
+# --- A whole tenant (offboarding) --------------------------------------------------------------
+
+
+def _tenant_describe(subject: Subject) -> str | None:
+    from tenants.models import Tenant
+
+    if subject.subject_id != subject.tenant_id:
+        return None
+    return Tenant.objects.filter(pk=subject.tenant_id).values_list("name", flat=True).first()
+
+
+def _tenant_identifiers(subject: Subject) -> list[str]:
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.filter(pk=subject.tenant_id).first()
+    return [value for value in (tenant.name, tenant.display_name) if value] if tenant is not None else []
+
+
+def _parent(subject: Subject) -> Any:
+    from tenants.models_erasure import ErasureRequest
+
+    return ErasureRequest.objects.get(tombstone=subject.tombstone)
+
+
+def _step_children(subject: Subject) -> StepOutcome:
+    """Open one request per backup account and per team member, through the same machinery."""
+    from tenants.services_erasure import erasure_child_open
+
+    parent, opened = _parent(subject), 0
+    for kind in (BACKUP_ACCOUNT, ADMIN):
+        known = set(parent.children.filter(subject_kind=kind).values_list("subject_id", flat=True))
+        for handler in registry.handlers(kind):
+            if handler.subjects_of_tenant is None:
+                continue
+            for subject_id in handler.subjects_of_tenant(subject.tenant_id):
+                if subject_id not in known:
+                    erasure_child_open(parent=parent, kind=kind, subject_id=subject_id)
+                    known.add(subject_id)
+                    opened += 1
+    return StepOutcome(counts={"requests": opened})
+
+
+def _step_await_children(subject: Subject) -> StepOutcome:
+    from tenants.models_erasure import ErasureRequest
+
+    children = _parent(subject).children.all()
+    if children.exclude(state=ErasureRequest.State.COMPLETED).exists():
+        return StepOutcome(done=False, wait_seconds=30)
+    return StepOutcome(counts={"completed_requests": children.count()})
+
+
+def _step_tenant_records(subject: Subject) -> StepOutcome:
+    """Delete what is left of the tenant's people: the memberships of people who belong elsewhere
+    too, invitations, keys, staff access requests and policy, and every export archive."""
+    from tenants.models import AccessPolicy
+    from tenants.models_erasure import DataExport
+
+    tenant_id = subject.tenant_id
+    counts = {
+        "memberships": Membership.objects.filter(tenant_id=tenant_id).delete()[0],
+        "invitations": Invitation.objects.filter(tenant_id=tenant_id).delete()[0],
+        "api_keys": ApiKey.objects.filter(tenant_id=tenant_id).delete()[0],
+        "staff_access_requests": AccessRequest.objects.filter(tenant_id=tenant_id).delete()[0],
+        "staff_access_policies": AccessPolicy.objects.filter(tenant_id=tenant_id).delete()[0],
+        "export_archives": DataExport.objects.filter(tenant_id=tenant_id)
+        .exclude(state=DataExport.State.ERASED)
+        .update(state=DataExport.State.ERASED, archive=b"", size_bytes=0),
+    }
+    return StepOutcome(counts=counts)
+
+
+def _step_tenant_audit(subject: Subject) -> StepOutcome:
+    """Erase the personal fields of every event of the tenant's chain (one batch per run)."""
+    events = list(
+        AuditEvent.objects.filter(chain=chain_name(subject.tenant_id), personal_erased_at__isnull=True).order_by("pk")[
+            :AUDIT_BATCH
+        ]
+    )
+    replacements = {
+        "actor_label": subject.erased_label,
+        "ip_address": None,
+        "user_agent": "",
+        "before": None,
+        "after": {"erased": subject.tombstone},
+    }
+    erased = personal_fields_erase(events, replacements=replacements) if events else 0
+    return StepOutcome(done=len(events) < AUDIT_BATCH, counts={"audit_events": erased})
+
+
+def _step_tenant_row(subject: Subject) -> StepOutcome:
+    """Keep the tenant row (audit events point at it) under the tombstone, suspended, with no brand."""
+    from tenants.models import Tenant
+
+    changed = Tenant.objects.filter(pk=subject.tenant_id).update(
+        name=subject.tombstone, display_name="", logo=b"", logo_content_type="", status=Tenant.Status.SUSPENDED
+    )
+    return StepOutcome(counts={"tenants": changed})
+
+
+TENANT_HANDLER = Handler(
+    name="tenant",
+    order=5,
+    models=("tenants.Tenant", "tenants.AccessPolicy"),
+    kinds=frozenset({TENANT}),
+    identifiers=_tenant_identifiers,
+    describe=_tenant_describe,
+    erasure_steps=lambda subject: [
+        ErasureStep("children", _step_children),
+        ErasureStep("await_children", _step_await_children),
+        ErasureStep("records", _step_tenant_records),
+        ErasureStep("audit_identifiers", _step_audit),
+        ErasureStep("audit_all", _step_tenant_audit),
+        ErasureStep("tenant", _step_tenant_row),
+    ],
+    kept=(
+        Kept(
+            "The tenant row under the tombstone id, suspended, without its name or brand",
+            "GDPR Art. 5(2): audit events and requests still point at it",
+            "as long as the platform keeps its audit log",
+        ),
+        Kept(
+            "The tenant's audit events with every personal field removed; one erasure request and receipt "
+            "per account and team member",
+            "GDPR Art. 17(3)(e) and Art. 5(2)",
+            "as long as the platform keeps its audit log",
+        ),
+    ),
 )
 
 
 def register() -> None:
     registry.handler_register(COMMON_HANDLER)
     registry.handler_register(ADMIN_HANDLER)
-    registry.exempt("tenants.Tenant", "A reseller organisation, not a person; its name is the controller's own.")
-    registry.exempt("tenants.AccessPolicy", "A tenant's settings for staff access: no personal data.")
+    registry.handler_register(TENANT_HANDLER)
     registry.exempt("tenants.PrivacySettings", "A tenant's erasure settings: no personal data.")

@@ -186,6 +186,8 @@ def erasure_schedule(*, actor: Actor, request: ErasureRequest) -> ErasureRequest
     """Start the grace period: the subject's data is hidden and frozen until it ends or is cancelled."""
     request = _locked(request)
     _require(request, State.RECEIVED)
+    if request.subject_kind == personal_data.TENANT and actor is not SYSTEM and actor.role != "owner":
+        raise ValidationError("Only the tenant's owner can confirm its offboarding.")
     request.state = State.SCHEDULED
     request.grace_until = timezone.now() + timedelta(days=request.grace_days)
     _hold(request)
@@ -320,6 +322,91 @@ def erasure_retry(*, actor: Actor, request: ErasureRequest) -> ErasureRequest:
     else:
         transaction.on_commit(lambda: _enqueue_recipients(request.pk))
     return request
+
+
+# --- Tenant offboarding -------------------------------------------------------------------------
+
+# A suspended tenant whose owner never confirmed its offboarding is offboarded after this long.
+OFFBOARD_AFTER_SUSPENDED = timedelta(days=30)
+
+
+@transaction.atomic
+def tenant_offboarding_request(*, actor: Actor, tenant: Tenant, reason: str) -> ErasureRequest:
+    """Open the erasure of a whole tenant (platform staff): its owner confirms it, or it runs once
+    the tenant has been suspended for OFFBOARD_AFTER_SUSPENDED."""
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Give the reason for offboarding this tenant."})
+    if ErasureRequest.objects.filter(tenant=tenant, subject_kind=personal_data.TENANT).exclude(
+        state__in=ErasureRequest.CLOSED_STATES
+    ):
+        raise ValidationError("This tenant's offboarding is already open.")
+    now = timezone.now()
+    request = ErasureRequest.objects.create(
+        tenant=tenant,
+        subject_kind=personal_data.TENANT,
+        subject_id=tenant.pk,
+        subject_label=tenant.name,
+        tombstone=f"ts_{secrets.token_hex(8)}",
+        requested_by=actor.user,
+        asked_by="Platform staff",
+        verification=reason[:500],
+        received_at=now,
+        due_at=add_months(now, 1),
+        grace_days=privacy_settings_get(tenant=tenant).grace_days,
+    )
+    _audit(actor, request, "offboarding_requested")
+    audit_record(
+        actor=actor,
+        tenant=None,
+        action="erasure.offboarding_requested",
+        target=request,
+        after={"tenant_id": tenant.pk, "tombstone": request.tombstone},
+    )
+    return request
+
+
+def _suspended_since(tenant: Tenant) -> datetime | None:
+    from tenants.models import AuditEvent
+
+    if not tenant.is_suspended:
+        return None
+    event = AuditEvent.objects.filter(tenant=tenant, action="tenant.suspended").order_by("-sequence").first()
+    return event.created_at if event is not None else None
+
+
+def erasure_child_open(*, parent: ErasureRequest, kind: str, subject_id: int) -> ErasureRequest:
+    """Open (or adopt) the request of one account or admin of an offboarded tenant, started at once."""
+    now = timezone.now()
+    existing = (
+        ErasureRequest.objects.filter(tenant_id=parent.tenant_id, subject_kind=kind, subject_id=subject_id)
+        .exclude(state__in=ErasureRequest.CLOSED_STATES)
+        .first()
+    )
+    if existing is not None:
+        ErasureRequest.objects.filter(pk=existing.pk).update(parent=parent)
+        return existing
+    label = subject_describe(tenant=parent.tenant, kind=kind, subject_id=subject_id) or ""
+    child = ErasureRequest.objects.create(
+        tenant_id=parent.tenant_id,
+        parent=parent,
+        subject_kind=kind,
+        subject_id=subject_id,
+        subject_label=label,
+        tombstone=f"ts_{secrets.token_hex(8)}",
+        asked_by=f"Offboarding of the tenant ({parent.tombstone})",
+        verification=f"Part of request {parent.tombstone}",
+        received_at=now,
+        due_at=parent.due_at,
+        grace_days=0,
+        state=State.SCHEDULED,
+        grace_until=now,
+    )
+    _hold(child)
+    child.save(update_fields=["saved_state"])
+    _audit(SYSTEM, child, "scheduled", parent=parent.tombstone)
+    transaction.on_commit(lambda: _enqueue_start(child.pk))
+    return child
 
 
 # --- Execution ---------------------------------------------------------------------------------
@@ -581,6 +668,13 @@ def privacy_sweep(*, now: datetime | None = None) -> dict[str, int]:
         "pk", flat=True
     ):
         counts["started"] += erasure_start(request_id=request_id, now=now) is not None
+    for request in ErasureRequest.objects.filter(
+        state=State.RECEIVED, subject_kind=personal_data.TENANT, tenant__status=Tenant.Status.SUSPENDED
+    ).select_related("tenant"):
+        since = _suspended_since(request.tenant)
+        if since is not None and since <= now - OFFBOARD_AFTER_SUSPENDED:
+            erasure_schedule(actor=SYSTEM, request=request)
+            counts["offboardings_scheduled"] = counts.get("offboardings_scheduled", 0) + 1
     for request in ErasureRequest.objects.filter(state=State.ON_HOLD, hold_until__lte=now).select_related("tenant"):
         erasure_release_hold(actor=SYSTEM, request=request)
         counts["released"] += 1

@@ -31,7 +31,8 @@ class Seeded:
 
 def seed_account(tenant, owner, *, username: str = "alice.erasable", devices: int = 2, ip_base: int = 10) -> Seeded:
     """Create an account with devices, inventory, vaults, commands, jobs, log lines and audit events."""
-    actor = Actor(user=owner, role="owner", ip_address="203.0.113.7", user_agent="test-browser")
+    # Each tenant's admins act from an address of their own: a shared one is a residue of both.
+    actor = Actor(user=owner, role="owner", ip_address=f"203.0.113.{tenant.pk}", user_agent="test-browser")
     account = device_services.account_create(
         actor=actor,
         tenant=tenant,

@@ -370,3 +370,94 @@ def test_it_erases_a_team_members_personal_data_keeping_their_actions_under_a_to
     assert chain_verify(f"tenant:{acme.tenant.pk}").intact
     assert licensing.usernames == ["frank.leaver"]
     assert as_user(user).get("/t/acme/").status_code in (302, 404)
+
+
+def _sweep_until_done(request, time_machine, capture, rounds: int = 12) -> ErasureRequest:
+    for _ in range(rounds):
+        confirm_uninstalls_all()
+        time_machine.shift(timedelta(seconds=31))
+        with capture(execute=True):
+            erasure.privacy_sweep()
+        request.refresh_from_db()
+        if request.state in (State.COMPLETED, State.FAILED):
+            break
+    return request
+
+
+def confirm_uninstalls_all() -> None:
+    for command in Command.objects.filter(kind="uninstall").exclude(status__in=Command.FINISHED):
+        device_services.command_advance(
+            device_pk=command.device_id, command_id=str(command.command_id), status="succeeded"
+        )
+
+
+@pytest.mark.django_db
+def test_it_offboards_a_whole_tenant_once_its_owner_confirms(
+    acme, globex, staff, eager, licensing, as_user, time_machine, django_capture_on_commit_callbacks
+):
+    first = seed_account(acme.tenant, acme.owner, username="off.one", devices=2, ip_base=120)
+    second = seed_account(acme.tenant, acme.owner, username="off.two", devices=1, ip_base=130)
+    kept = seed_account(globex.tenant, globex.owner, username="globex.stays", devices=1, ip_base=140)
+    response = as_user(staff).post(f"/platform/tenants/{acme.tenant.pk}/offboard/", {"reason": "Contract ended"})
+    assert response.status_code == 302
+    request = ErasureRequest.objects.get(tenant=acme.tenant, subject_kind="tenant")
+    assert request.state == State.RECEIVED and request.requested_by == staff
+    # Platform staff cannot confirm it, nor an admin: the tenant's owner does.
+    with pytest.raises(ValidationError, match="owner"):
+        erasure.erasure_schedule(actor=Actor(user=acme.admin, role="admin"), request=request)
+    as_user(acme.owner).post(f"/t/acme/privacy/erasures/{request.pk}/act/", {"action": "schedule"})
+    request.refresh_from_db()
+    assert request.state == State.SCHEDULED
+    time_machine.move_to(request.grace_until + timedelta(seconds=1))
+    request = _sweep_until_done(request, time_machine, django_capture_on_commit_callbacks)
+    debug = [(c.subject_kind, c.state, c.last_error, c.residue) for c in ErasureRequest.objects.filter(parent=request)]
+    debug += list(request.steps.values_list("name", "state", "last_error"))
+    assert request.state == State.COMPLETED, (request.state, request.last_error, request.residue, debug)
+    children = ErasureRequest.objects.filter(parent=request)
+    assert children.filter(subject_kind="backup_account").count() == 2
+    assert children.filter(subject_kind="admin").count() == 4  # owner, admin, technician, auditor
+    assert all(child.state == State.COMPLETED for child in children)
+    assert sorted(licensing.usernames) == sorted(
+        ["off.one", "off.two", "acme-owner", "acme-admin", "acme-technician", "acme-auditor"]
+    )
+    people = ["acme-owner", "acme-admin", "acme-technician", "acme-auditor", "Acme Corporation"]
+    assert residue_scan(identifiers=first.identifiers + second.identifiers + people).clean
+    acme.tenant.refresh_from_db()
+    assert acme.tenant.name == request.tombstone and acme.tenant.is_suspended
+    assert (
+        not AuditEvent.objects.filter(tenant=acme.tenant, personal_erased_at__isnull=True)
+        .exclude(action__startswith="erasure.")
+        .exists()
+    )
+    assert chain_verify(f"tenant:{acme.tenant.pk}").intact and chain_verify("platform").intact
+    # The other tenant is untouched.
+    assert Device.objects.filter(account=kept.account).count() == 1
+    assert not residue_scan(identifiers=kept.identifiers).clean
+
+
+@pytest.mark.django_db
+def test_it_offboards_a_tenant_suspended_for_a_month_without_its_owner(
+    acme, staff, eager, time_machine, django_capture_on_commit_callbacks
+):
+    from tenants import services
+
+    time_machine.move_to(timezone.now())
+    seed_account(acme.tenant, acme.owner, username="late.off", devices=1, ip_base=150)
+    services.tenant_suspend(actor=Actor(user=staff, role="platform_staff"), tenant=acme.tenant)
+    request = erasure.tenant_offboarding_request(
+        actor=Actor(user=staff, role="platform_staff"), tenant=acme.tenant, reason="Unpaid, suspended"
+    )
+    time_machine.shift(timedelta(days=29))
+    with django_capture_on_commit_callbacks(execute=True):
+        erasure.privacy_sweep()
+    request.refresh_from_db()
+    assert request.state == State.RECEIVED
+    time_machine.shift(timedelta(days=2))
+    with django_capture_on_commit_callbacks(execute=True):
+        erasure.privacy_sweep()
+    request.refresh_from_db()
+    assert request.state == State.SCHEDULED
+    time_machine.move_to(request.grace_until + timedelta(seconds=1))
+    request = _sweep_until_done(request, time_machine, django_capture_on_commit_callbacks)
+    assert request.state == State.COMPLETED, (request.state, request.last_error, request.residue)
+    assert not BackupAccount.objects.filter(tenant=acme.tenant).exists()
