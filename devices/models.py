@@ -20,6 +20,9 @@ class BackupAccount(models.Model):
     max_devices = models.PositiveIntegerField(default=10)
     max_protected_bytes = models.PositiveBigIntegerField(default=0, help_text="0 means no limit.")
     is_suspended = models.BooleanField(default=False)
+    # Set while an erasure request holds the account (grace period onwards): hidden from pages and
+    # the API, refused new devices and commands; see tenants/services_erasure.py.
+    erasure_pending = models.BooleanField(default=False)
     # bcrypt(SHA-512(L)): never the password, never R.
     login_verifier = models.CharField(max_length=80)
     # The account's own choice: may tenant admins reset its password (losing secrets wrapped by R)?

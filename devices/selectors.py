@@ -47,7 +47,7 @@ def page_of(queryset: QuerySet[ModelT], *, offset: int, limit: int) -> list[Mode
 
 
 def account_list(*, tenant: Tenant, search: str = "") -> QuerySet[BackupAccount]:
-    accounts = BackupAccount.objects.filter(tenant=tenant)
+    accounts = BackupAccount.objects.filter(tenant=tenant, erasure_pending=False)
     if search:
         accounts = accounts.filter(Q(username__icontains=search) | Q(display_name__icontains=search))
     # A correlated count, evaluated for the page's rows only; COUNT over a join grouped every
@@ -64,7 +64,7 @@ def account_list(*, tenant: Tenant, search: str = "") -> QuerySet[BackupAccount]
 
 def account_get(*, tenant: Tenant, account_id: int) -> BackupAccount:
     try:
-        return BackupAccount.objects.get(tenant=tenant, pk=account_id)
+        return BackupAccount.objects.get(tenant=tenant, pk=account_id, erasure_pending=False)
     except (BackupAccount.DoesNotExist, ValueError):
         raise Http404 from None
 
@@ -99,7 +99,11 @@ class DeviceFilters:
 
 def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> QuerySet[Device]:
     """Return the tenant's devices filtered and sorted; every filter and sort has an index behind it."""
-    devices = Device.objects.filter(tenant=tenant).select_related("account").defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
+    devices = (
+        Device.objects.filter(tenant=tenant, account__erasure_pending=False)
+        .select_related("account")
+        .defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
+    )
     if filters.search:
         # Two conditions on the device table, each served by a trigram index on PostgreSQL (a
         # BitmapOr), rather than an OR across the join to accounts, which no index can serve.
@@ -124,7 +128,7 @@ def device_get(*, tenant: Tenant, device_pk: int) -> Device:
         return (
             Device.objects.select_related("account")
             .defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
-            .get(tenant=tenant, pk=device_pk)
+            .get(tenant=tenant, pk=device_pk, account__erasure_pending=False)
         )
     except (Device.DoesNotExist, ValueError):
         raise Http404 from None
@@ -132,7 +136,9 @@ def device_get(*, tenant: Tenant, device_pk: int) -> Device:
 
 def devices_for_bulk(*, tenant: Tenant, device_pks: list[int] | None = None, account_id: int | None = None):
     """Return the tenant's unrevoked devices named by ids or by account, for a bulk command."""
-    devices = Device.objects.filter(tenant=tenant, revoked_at__isnull=True).select_related("tenant")
+    devices = Device.objects.filter(
+        tenant=tenant, revoked_at__isnull=True, account__erasure_pending=False
+    ).select_related("tenant")
     if device_pks is not None:
         devices = devices.filter(pk__in=device_pks)
     if account_id is not None:
@@ -158,7 +164,9 @@ def commands_of(*, device: Device) -> QuerySet[Command]:
 
 def command_get(*, tenant: Tenant, command_pk: int) -> Command:
     try:
-        return Command.objects.select_related("device").get(tenant=tenant, pk=command_pk)
+        return Command.objects.select_related("device").get(
+            tenant=tenant, pk=command_pk, device__account__erasure_pending=False
+        )
     except (Command.DoesNotExist, ValueError):
         raise Http404 from None
 
@@ -169,7 +177,9 @@ def jobs_of(*, device: Device) -> QuerySet[Job]:
 
 def job_get(*, tenant: Tenant, job_pk: int) -> Job:
     try:
-        return Job.objects.select_related("device").get(tenant=tenant, pk=job_pk)
+        return Job.objects.select_related("device").get(
+            tenant=tenant, pk=job_pk, device__account__erasure_pending=False
+        )
     except (Job.DoesNotExist, ValueError):
         raise Http404 from None
 

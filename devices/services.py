@@ -24,6 +24,8 @@ from devices import keys, live
 from devices.models import BackupAccount, Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
 from tenants.audit import Actor, audit_event_build, audit_record, audit_record_many
 from tenants.models import Tenant
+from tenants.personal_data import BACKUP_ACCOUNT
+from tenants.services_erasure import suppression_check
 
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 COMMAND_TTL = timedelta(hours=24)
@@ -77,6 +79,8 @@ def account_create(
         raise ValidationError({"username": "Use letters, digits and . _ @ + - only."})
     if BackupAccount.objects.filter(tenant=tenant, username=username).exists():
         raise ValidationError({"username": "This tenant has an account with this username."})
+    # A name erased at its owner's request may not come back during the suppression period.
+    suppression_check(tenant=tenant, kind=BACKUP_ACCOUNT, value=username)
     l_key = _l_key_from(tenant=tenant, username=username, password=password, l_key_hex=l_key_hex)
     account = BackupAccount.objects.create(
         tenant=tenant,
@@ -209,7 +213,7 @@ def device_register(
     verifier = account.login_verifier if account is not None else _DUMMY_VERIFIER
     if not keys.login_verifier_matches(l_key, verifier) or account is None:
         raise RegistrationError("bad_credentials", "Unknown account or wrong key.", 401)
-    if account.is_suspended or account.tenant.is_suspended:
+    if account.is_suspended or account.erasure_pending or account.tenant.is_suspended:
         raise RegistrationError("account_suspended", "This account is suspended.", 403)
     token = _new_token()
     with transaction.atomic():
@@ -604,11 +608,18 @@ VAULT_COMMANDS = {
 }
 
 
-def _validate_command(device: Device, kind: str, parameters: dict[str, Any]) -> dict[str, Any]:
+def _erasing(account_ids: set[int]) -> set[int]:
+    """Return which of these accounts are held by an erasure request: they take no new commands."""
+    return set(BackupAccount.objects.filter(pk__in=account_ids, erasure_pending=True).values_list("pk", flat=True))
+
+
+def _validate_command(device: Device, kind: str, parameters: dict[str, Any], erasing: bool) -> dict[str, Any]:
     if kind not in Command.Kind.values:
         raise ValidationError({"kind": "Unknown command."})
     if device.revoked_at is not None:
         raise ValidationError("This device is revoked.")
+    if erasing and kind != Command.Kind.UNINSTALL:
+        raise ValidationError("This device's account is being erased.")
     if kind == Command.Kind.BROWSE_FILES and not device.allows_browse:
         raise ValidationError("The device does not allow administrators to browse its files.")
     if kind == Command.Kind.RUN_BACKUP and not (parameters.get("protected_item_id") and parameters.get("vault_id")):
@@ -635,7 +646,7 @@ def command_issue(
     *, actor: Actor, device: Device, kind: str, parameters: dict[str, Any] | None = None, ttl: timedelta = COMMAND_TTL
 ) -> Command:
     """Persist a command for a device, audit it, and tell the device's connection after commit."""
-    parameters = _validate_command(device, kind, parameters or {})
+    parameters = _validate_command(device, kind, parameters or {}, bool(_erasing({device.account_id})))
     command = Command.objects.create(
         tenant_id=device.tenant_id,
         device=device,
@@ -665,13 +676,14 @@ def commands_issue_bulk(
     """Issue one command per device, each with its own row and audit event, in one transaction."""
     parameters = parameters or {}
     expires_at = timezone.now() + COMMAND_TTL
+    erasing = _erasing({device.account_id for device in devices})
     commands = Command.objects.bulk_create(
         [
             Command(
                 tenant=tenant,
                 device=device,
                 kind=kind,
-                parameters=_validate_command(device, kind, parameters),
+                parameters=_validate_command(device, kind, parameters, device.account_id in erasing),
                 issued_by=actor.user,
                 expires_at=expires_at,
             )

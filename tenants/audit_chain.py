@@ -5,10 +5,12 @@ Each tenant's audit events form one chain and platform-level events another. Eve
     row_hash = SHA-256( bytes.fromhex(previous_hash) || canonical_encoding(row) )
 
 with previous_hash = 64 zeros for the first row. canonical_encoding (documented in docs/audit.md)
-is UTF-8 JSON of the fields below with sorted keys and no spaces. A periodic task signs each chain's
-head with an Ed25519 key that lives outside the database; `manage.py verify_audit` recomputes every
-chain and checks it against those signatures, naming the first row that was modified, deleted or
-inserted.
+is UTF-8 JSON with sorted keys and no spaces. Since encoding version 2 the personal fields (who
+acted, from where, the before/after values) enter the hash only as salted digests stored beside
+them, so a GDPR erasure can blank those fields and drop their salts while the chain still verifies.
+A periodic task signs each chain's head with an Ed25519 key that lives outside the database;
+`manage.py verify_audit` recomputes every chain and checks it against those signatures, naming the
+first row that was modified, deleted or inserted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +38,8 @@ from tenants.models import AuditChainHead, AuditDigest, AuditEvent
 
 GENESIS = "0" * 64
 PLATFORM_CHAIN = "platform"
-HASHED_FIELDS = (
+# Version 1 hashed every field in plain; rows written before version 2 keep verifying that way.
+HASHED_FIELDS_V1 = (
     "chain",
     "sequence",
     "tenant_id",
@@ -51,6 +55,11 @@ HASHED_FIELDS = (
     "after",
     "created_at",
 )
+# Fields that can name a person: hashed through a salted digest (version 2), erasable.
+PERSONAL_FIELDS = ("actor_label", "ip_address", "user_agent", "before", "after")
+HASHED_FIELDS = tuple(name for name in HASHED_FIELDS_V1 if name not in PERSONAL_FIELDS)
+CURRENT_VERSION = 2
+SALT_BYTES = 16
 
 
 def chain_name(tenant_id: int | None) -> str:
@@ -71,11 +80,52 @@ def _timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def personal_digest(salt_hex: str, name: str, value: Any) -> str:
+    """Return SHA-256(salt || name || 0x00 || compact JSON of value): one personal field's commitment.
+
+    The salt is random per field and erased with the value, so the digest left behind cannot be
+    matched against guesses (an IPv4 address has only 2^32 of them)."""
+    return hashlib.sha256(bytes.fromhex(salt_hex) + name.encode() + b"\x00" + _compact(value).encode()).hexdigest()
+
+
+def personal_seal(event: AuditEvent) -> None:
+    """Give a new event a salt and a digest per personal field (encoding version 2)."""
+    event.hash_version = CURRENT_VERSION
+    event.personal_salts = {name: secrets.token_hex(SALT_BYTES) for name in PERSONAL_FIELDS}
+    event.personal_digests = {
+        name: personal_digest(event.personal_salts[name], name, getattr(event, name)) for name in PERSONAL_FIELDS
+    }
+
+
 def canonical_encoding(event: AuditEvent) -> bytes:
-    """Return the bytes a row's hash covers: its fields as sorted, compact UTF-8 JSON."""
-    document: dict[str, Any] = {name: getattr(event, name) for name in HASHED_FIELDS}
+    """Return the bytes a row's hash covers: its fields as sorted, compact UTF-8 JSON.
+
+    Version 2 (current) replaces the personal fields by their stored digests under "personal";
+    version 1 rows carry every field in plain."""
+    if event.hash_version == 1:
+        document: dict[str, Any] = {name: getattr(event, name) for name in HASHED_FIELDS_V1}
+    else:
+        document = {name: getattr(event, name) for name in HASHED_FIELDS}
+        document["hash_version"] = event.hash_version
+        document["personal"] = {name: event.personal_digests.get(name) for name in PERSONAL_FIELDS}
     document["created_at"] = _timestamp(event.created_at)
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _compact(document).encode()
+
+
+def personal_fields_check(event: AuditEvent) -> list[str]:
+    """Return the personal fields whose value no longer matches its digest (erased fields excepted)."""
+    if event.hash_version == 1:
+        return []
+    return [
+        name
+        for name in PERSONAL_FIELDS
+        if name in event.personal_salts
+        and personal_digest(event.personal_salts[name], name, getattr(event, name)) != event.personal_digests.get(name)
+    ]
 
 
 def link_hash(previous_hash: str, event: AuditEvent) -> str:
@@ -96,6 +146,7 @@ def chain_append(events: list[AuditEvent]) -> list[AuditEvent]:
         )
         head = AuditChainHead.objects.select_for_update().get(chain=chain)
     for event in events:
+        personal_seal(event)
         head.sequence += 1
         event.sequence, event.previous_hash = head.sequence, head.head_hash
         event.row_hash = link_hash(event.previous_hash, event)
@@ -106,6 +157,24 @@ def chain_append(events: list[AuditEvent]) -> list[AuditEvent]:
         AuditEvent.objects.bulk_create(events, batch_size=1000)
     head.save(update_fields=["sequence", "head_hash"])
     return events
+
+
+def personal_fields_erase(events: list[AuditEvent], *, replacements: dict[str, Any]) -> int:
+    """Replace personal fields of stored events and drop those fields' salts; return how many rows.
+
+    The digests stay, so each row's hash (and the chain) still verifies; without the salt nobody can
+    test a guess against a digest. This is the only update audit rows ever receive."""
+    unknown = set(replacements) - set(PERSONAL_FIELDS)
+    if unknown:
+        raise ValueError(f"Only personal fields can be erased, not {sorted(unknown)}")
+    now = timezone.now()
+    for event in events:
+        for name, value in replacements.items():
+            setattr(event, name, value)
+            event.personal_salts.pop(name, None)
+        event.personal_erased_at = now
+    AuditEvent.objects.bulk_update(events, [*replacements, "personal_salts", "personal_erased_at"], batch_size=500)
+    return len(events)
 
 
 # --- Signing --------------------------------------------------------------------------------
@@ -193,6 +262,8 @@ class ChainReport:
     chain: str
     rows: int = 0
     digests_checked: int = 0
+    # Version-1 rows whose personal fields were erased: verifiable by their links only.
+    link_only_rows: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -228,8 +299,15 @@ def chain_verify(chain: str, *, public_key: Ed25519PublicKey | None = None) -> C
         if event.previous_hash != expected_previous:
             report.problems.append(f"row id {event.pk} (sequence {event.sequence}) does not link to the row before it")
             return report
-        if link_hash(event.previous_hash, event) != event.row_hash:
+        if event.hash_version == 1 and event.personal_erased_at is not None:
+            # A version-1 row hashed its personal fields in plain; once they are erased only its links
+            # (checked above, and by the next row) still vouch for it.
+            report.link_only_rows += 1
+        elif link_hash(event.previous_hash, event) != event.row_hash:
             report.problems.append(f"row id {event.pk} (sequence {event.sequence}) was modified")
+            return report
+        elif changed := personal_fields_check(event):
+            report.problems.append(f"row id {event.pk} (sequence {event.sequence}) was modified ({', '.join(changed)})")
             return report
         digest = digests.get(event.sequence)
         if digest is not None:

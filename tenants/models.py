@@ -114,6 +114,12 @@ class AuditEvent(models.Model):
     sequence = models.PositiveBigIntegerField()
     previous_hash = models.CharField(max_length=64)
     row_hash = models.CharField(max_length=64)
+    # Encoding version 2 hashes the personal fields through salted digests, so an erasure can blank
+    # them and drop their salts without breaking the chain (docs/audit.md). Rows before it are 1.
+    hash_version = models.PositiveSmallIntegerField(default=2)
+    personal_digests = models.JSONField(default=dict, blank=True)
+    personal_salts = models.JSONField(default=dict, blank=True)
+    personal_erased_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -166,3 +172,11 @@ class ServiceHeartbeat(models.Model):
 # Staff access requests and grants live in their own module; importing them here registers them.
 from tenants.models_access import AccessPolicy, AccessRequest  # noqa: E402, F401
 from tenants.models_two_factor import AuthenticatorDevice  # noqa: E402, F401
+from tenants.models_erasure import (  # noqa: E402, F401
+    DataExport,
+    ErasureRecipientStatus,
+    ErasureRequest,
+    ErasureStepRun,
+    ErasureSuppression,
+    PrivacySettings,
+)

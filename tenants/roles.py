@@ -38,6 +38,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "staff_access.view": frozenset({Role.OWNER, Role.ADMIN, Role.AUDITOR}),
     "staff_access.decide": frozenset({Role.OWNER, Role.ADMIN}),
     "staff_access.policy": frozenset({Role.OWNER}),
+    # GDPR requests: auditors read them and their receipts; owners and admins open, run and cancel
+    # them and download exports. Never part of a staff access grant.
+    "privacy.view": frozenset({Role.OWNER, Role.ADMIN, Role.AUDITOR}),
+    "privacy.manage": frozenset({Role.OWNER, Role.ADMIN}),
 }
 
 

@@ -25,3 +25,7 @@ def sign_audit_digests() -> int:
 def lapse_and_expire_staff_access() -> int:
     """Lapse unanswered staff access requests and expire grants; beat sends this every minute (0008)."""
     return access_lapse_and_expire()
+
+
+# The GDPR workflow's tasks live in their own module; importing it registers them with Celery.
+from tenants import tasks_erasure  # noqa: E402, F401

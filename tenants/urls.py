@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants import views, views_access
+from tenants import views, views_access, views_erasure
 
 urlpatterns = [
     path("", views.dashboard, name="tenant-dashboard"),
@@ -29,4 +29,13 @@ urlpatterns = [
     path("staff-access/log/export.csv", views_access.consent_log_export_csv, name="tenant-consent-log-csv"),
     path("staff-access/log/export.json", views_access.consent_log_export_json, name="tenant-consent-log-json"),
     path("staff-access/policy/", views_access.staff_access_policy, name="tenant-staff-access-policy"),
+    path("privacy/", views_erasure.privacy_requests, name="tenant-privacy"),
+    path("privacy/requests.csv", views_erasure.privacy_requests_csv, name="tenant-privacy-csv"),
+    path("privacy/settings/", views_erasure.privacy_settings, name="tenant-privacy-settings"),
+    path("privacy/erasures/new/", views_erasure.erasure_new, name="tenant-erasure-new"),
+    path("privacy/erasures/<int:erasure_id>/", views_erasure.erasure_detail, name="tenant-erasure"),
+    path("privacy/erasures/<int:erasure_id>/act/", views_erasure.erasure_act, name="tenant-erasure-act"),
+    path("privacy/erasures/<int:erasure_id>/receipt/", views_erasure.erasure_receipt, name="tenant-erasure-receipt"),
+    path("privacy/exports/new/", views_erasure.export_new, name="tenant-export-new"),
+    path("privacy/exports/<int:export_id>/download/", views_erasure.export_download, name="tenant-export-download"),
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -72,4 +73,23 @@ def tenant_reactivate(request: HttpRequest, tenant_id: int) -> HttpResponse:
     tenant = selectors.tenant_get_for_platform(tenant_id=tenant_id)
     services.tenant_reactivate(actor=actor_from_request(request), tenant=tenant)
     messages.success(request, f"Tenant {tenant.slug} is active again.")
+    return redirect("platform-dashboard")
+
+
+@platform_staff_required
+@require_POST
+def tenant_offboard(request: HttpRequest, tenant_id: int) -> HttpResponse:
+    """Open a tenant's offboarding (the erasure of all its data): its owner must confirm it on the
+    tenant's Privacy page, or it runs after the tenant has been suspended for 30 days."""
+    from tenants.services_erasure import tenant_offboarding_request
+
+    tenant = selectors.tenant_get_for_platform(tenant_id=tenant_id)
+    try:
+        tenant_offboarding_request(
+            actor=actor_from_request(request), tenant=tenant, reason=request.POST.get("reason", "")
+        )
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Offboarding of {tenant.slug} requested; its owner must confirm it.")
     return redirect("platform-dashboard")

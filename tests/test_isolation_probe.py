@@ -23,7 +23,7 @@ from devices import services as device_services
 from devices.models import Job, StorageVault
 from portal.asgi import application
 from portal.websocket_urls import websocket_urlpatterns
-from tenants import services, services_access
+from tenants import services, services_access, services_erasure, services_export
 from tenants.access import SAFE_METHODS, required_permission
 from tenants.audit import SYSTEM, Actor, audit_record
 from tenants.models import AuditEvent, Membership
@@ -156,6 +156,26 @@ def world(acme, globex, initech, staff, outsider):
         areas=list(AREAS),
     )
     acme_values["request_id"] = str(pending.pk)
+    # A GDPR erasure request (for an account of its own, so the one above stays visible) and an export.
+    leaver = device_services.account_create(
+        actor=SYSTEM, tenant=acme.tenant, username="acme-leaver", password="pw-12345678"
+    )
+    erasure = services_erasure.erasure_request_create(
+        actor=Actor(user=acme.owner, role="owner"),
+        tenant=acme.tenant,
+        subject_kind="backup_account",
+        subject_id=leaver.pk,
+        asked_by="The account holder",
+        verification="Probe",
+    )
+    export = services_export.export_request(
+        actor=Actor(user=acme.owner, role="owner"),
+        tenant=acme.tenant,
+        subject_kind="backup_account",
+        subject_id=account.pk,
+    )
+    services_export.export_build(export_id=export.pk)
+    acme_values.update(erasure_id=str(erasure.pk), export_id=str(export.pk))
     return {
         "acme": acme,
         "globex": globex,

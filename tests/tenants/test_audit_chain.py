@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
-from tenants.audit import SYSTEM, audit_record
+from tenants.audit import SYSTEM, Actor, audit_record
 from tenants.audit_chain import GENESIS, chain_verify, chains_verify, digests_sign
 from tenants.models import AuditChainHead, AuditEvent
 
@@ -39,6 +39,11 @@ def _raw(sql, *params):
         cursor.execute(sql, params)
 
 
+def _digest(salt, name, value):
+    compact = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(bytes.fromhex(salt) + name.encode() + b"\x00" + compact.encode()).hexdigest()
+
+
 @pytest.mark.django_db
 def test_it_links_each_row_to_the_one_before_with_the_documented_encoding(acme):
     first, second = _seed(acme.tenant, 2)
@@ -46,24 +51,97 @@ def test_it_links_each_row_to_the_one_before_with_the_documented_encoding(acme):
     assert first.previous_hash == GENESIS and second.previous_hash == first.row_hash
     stored = AuditEvent.objects.get(pk=first.pk)
     # Recomputed here from the stored row with the documented encoding, not with the module's code.
+    personal = {"actor_label": "system", "ip_address": None, "user_agent": "", "before": None, "after": {"n": 0}}
+    assert set(stored.personal_salts) == set(personal) and stored.hash_version == 2
+    digests = {name: _digest(stored.personal_salts[name], name, value) for name, value in personal.items()}
+    assert stored.personal_digests == digests
     document = {
         "action": stored.action,
         "actor_id": None,
-        "actor_label": "system",
         "actor_role": "system",
-        "after": {"n": 0},
-        "before": None,
         "chain": f"tenant:{acme.tenant.pk}",
         "created_at": stored.created_at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "ip_address": None,
+        "hash_version": 2,
+        "personal": digests,
         "sequence": 1,
         "target_id": "",
         "target_type": "",
         "tenant_id": acme.tenant.pk,
-        "user_agent": "",
     }
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     assert stored.row_hash == hashlib.sha256(bytes(32) + encoded).hexdigest()
+
+
+@pytest.mark.django_db
+def test_it_still_verifies_version_one_rows_written_before_the_personal_digests(acme):
+    """Rows written before encoding version 2 hash every field in plain, and keep verifying that way."""
+    events = _seed(acme.tenant, 3)
+    previous = GENESIS
+    for event in AuditEvent.objects.filter(chain=events[0].chain).order_by("sequence"):
+        document = {
+            "action": event.action, "actor_id": None, "actor_label": event.actor_label, "actor_role": "system",
+            "after": event.after, "before": None, "chain": event.chain,
+            "created_at": event.created_at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "ip_address": None, "sequence": event.sequence, "target_id": "", "target_type": "",
+            "tenant_id": acme.tenant.pk, "user_agent": "",
+        }  # fmt: skip
+        encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        row_hash = hashlib.sha256(bytes.fromhex(previous) + encoded).hexdigest()
+        AuditEvent.objects.filter(pk=event.pk).update(
+            hash_version=1, personal_salts={}, personal_digests={}, previous_hash=previous, row_hash=row_hash
+        )
+        previous = row_hash
+    AuditChainHead.objects.filter(chain=events[0].chain).update(head_hash=previous)
+    assert chain_verify(events[0].chain).intact
+    audit_record(actor=SYSTEM, tenant=acme.tenant, action="after.upgrade", after={"n": 9})
+    assert chain_verify(events[0].chain).intact
+    _raw("UPDATE tenants_auditevent SET actor_label = 'someone' WHERE id = %s", events[1].pk)
+    assert chain_verify(events[0].chain).problems == [f"row id {events[1].pk} (sequence 2) was modified"]
+
+
+@pytest.mark.django_db
+def test_it_keeps_verifying_after_personal_fields_are_erased_and_still_finds_tampering(acme):
+    from tenants.audit_chain import personal_fields_erase
+
+    events = [
+        audit_record(
+            actor=Actor(label="device:alice-laptop", role="device", ip_address="192.0.2.55", user_agent="agent/1"),
+            tenant=acme.tenant,
+            action=f"device.thing.{number}",
+            target_type="device",
+            target_id=str(number),
+            after={"account": "alice", "name": "Alice's laptop"},
+        )
+        for number in range(4)
+    ]
+    digests_sign()
+    chain = events[0].chain
+    stored = list(AuditEvent.objects.filter(pk__in=[events[1].pk, events[2].pk]))
+    erased = personal_fields_erase(
+        stored,
+        replacements={"actor_label": "erased:ts_1", "ip_address": None, "user_agent": "", "after": {"erased": "ts_1"}},
+    )
+    assert erased == 2
+    row = AuditEvent.objects.get(pk=events[1].pk)
+    assert row.action == "device.thing.1" and row.after == {"erased": "ts_1"} and row.ip_address is None
+    assert set(row.personal_salts) == {"before"} and row.personal_erased_at is not None
+    assert chain_verify(chain).intact
+    # The erased row cannot be changed unseen: its non-personal fields are still in the hash.
+    _raw("UPDATE tenants_auditevent SET action = 'other' WHERE id = %s", events[1].pk)
+    assert chain_verify(chain).problems == [f"row id {events[1].pk} (sequence 2) was modified"]
+    _raw("UPDATE tenants_auditevent SET action = 'device.thing.1' WHERE id = %s", events[1].pk)
+    # Nor can a personal field that still holds its value: its digest gives it away.
+    _raw("UPDATE tenants_auditevent SET user_agent = 'forged' WHERE id = %s", events[3].pk)
+    assert chain_verify(chain).problems == [f"row id {events[3].pk} (sequence 4) was modified (user_agent)"]
+    _raw("UPDATE tenants_auditevent SET user_agent = 'agent/1' WHERE id = %s", events[3].pk)
+    assert chain_verify(chain).intact
+    # Nor a forged digest for an erased field.
+    row = AuditEvent.objects.get(pk=events[2].pk)
+    forged = dict(row.personal_digests, actor_label="0" * 64)
+    AuditEvent.objects.filter(pk=row.pk).update(personal_digests=forged)
+    assert chain_verify(chain).problems == [f"row id {events[2].pk} (sequence 3) was modified"]
+    with pytest.raises(ValueError):
+        personal_fields_erase(stored, replacements={"action": "x"})
 
 
 @pytest.mark.django_db
