@@ -19,10 +19,10 @@ from django.db.models import CharField, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
-from devices import live
+from devices import live, services
 from devices.models import BackupAccount, Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
 from tenants import personal_data as registry
-from tenants.audit import Actor
+from tenants.audit import SYSTEM, Actor
 from tenants.personal_data import BACKUP_ACCOUNT, ErasureStep, ExportSection, Handler, StepOutcome, Subject
 
 BATCH = 5000
@@ -188,15 +188,13 @@ def _export_sections(subject: Subject) -> list[ExportSection]:
 
 
 def shred_profile_secrets(account_id: int) -> int:
-    """Crypto-shred the account's profile secrets: without the wrapped keys its vault data cannot be
-    read by anyone. The same clearing an admin password reset does (devices.services); the one
-    place to point at a dedicated shredding service."""
-    account = BackupAccount.objects.filter(pk=account_id).only("profile_secrets_version").first()
+    """Crypto-shred the account's profile secrets (devices.services.account_secrets_shred): without
+    the vault keys they wrap, its vault data cannot be read by anyone."""
+    account = BackupAccount.objects.filter(pk=account_id).select_related("tenant").first()
     if account is None:
         return 0
-    return BackupAccount.objects.filter(pk=account_id).update(
-        profile_secrets=b"", profile_secrets_version=account.profile_secrets_version + 1
-    )
+    services.account_secrets_shred(account=account, actor=SYSTEM)
+    return 1
 
 
 def _uninstall_commands(subject: Subject) -> Any:

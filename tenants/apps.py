@@ -6,8 +6,10 @@ class TenantsConfig(AppConfig):
     verbose_name = "Tenants"
 
     def ready(self) -> None:
-        from tenants import checks  # noqa: F401 - registers the secrets-at-rest checks
         # What this app holds about people, for GDPR export, erasure and the residue scan.
-        from tenants import personal_data_handlers
+        from tenants import (
+            checks,  # noqa: F401 - registers the secrets-at-rest checks
+            personal_data_handlers,
+        )
 
         personal_data_handlers.register()

@@ -171,7 +171,6 @@ class ServiceHeartbeat(models.Model):
 
 # Staff access requests and grants live in their own module; importing them here registers them.
 from tenants.models_access import AccessPolicy, AccessRequest  # noqa: E402, F401
-from tenants.models_two_factor import AuthenticatorDevice  # noqa: E402, F401
 from tenants.models_erasure import (  # noqa: E402, F401
     DataExport,
     ErasureRecipientStatus,
@@ -180,3 +179,4 @@ from tenants.models_erasure import (  # noqa: E402, F401
     ErasureSuppression,
     PrivacySettings,
 )
+from tenants.models_two_factor import AuthenticatorDevice  # noqa: E402, F401

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('devices', '0002_schedule_fleet_housekeeping'),
+        ('devices', '0005_vault_encryption'),
     ]
 
     operations = [

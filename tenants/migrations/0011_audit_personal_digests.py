@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     """Add encoding version 2 of the audit chain; rows already written keep verifying as version 1."""
 
-    dependencies = [("tenants", "0008_schedule_staff_access_expiry")]
+    dependencies = [("tenants", "0010_move_totp_seeds")]
 
     operations = [
         # Existing rows were hashed with every field in plain: they are version 1.

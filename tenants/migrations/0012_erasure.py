@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tenants', '0009_audit_personal_digests'),
+        ('tenants', '0011_audit_personal_digests'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -22,7 +22,7 @@ def unschedule_sweep(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tenants", "0010_erasure"),
+        ("tenants", "0012_erasure"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
