@@ -94,6 +94,6 @@ class ErasureSuppression(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["portal", "subject_kind", "username_digest"], name="erasure_suppressed_once"
+                fields=["portal", "subject_kind", "username_digest"], name="licensing_erasure_suppressed_once"
             )
         ]

@@ -118,7 +118,7 @@ class Migration(migrations.Migration):
                 ('portal', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='suppressions', to='licensing.registeredportal')),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('portal', 'subject_kind', 'username_digest'), name='erasure_suppressed_once')],
+                'constraints': [models.UniqueConstraint(fields=('portal', 'subject_kind', 'username_digest'), name='licensing_erasure_suppressed_once')],
             },
         ),
         migrations.CreateModel(
