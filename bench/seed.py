@@ -142,6 +142,16 @@ class Writer:
     def write(self, model: Any, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        # Columns the rows do not name get the model's default, as the ORM would give them: a
+        # field added later (with a Python default, not a database one) must not break COPY.
+        named = set(rows[0])
+        defaults = {
+            field.attname: field.get_default()
+            for field in model._meta.concrete_fields
+            if field.attname not in named and not field.primary_key
+        }
+        if defaults:
+            rows = [{**row, **defaults} for row in rows]
         if self.postgres:
             columns = list(rows[0])
             table = model._meta.db_table

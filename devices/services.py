@@ -553,6 +553,8 @@ def inventory_apply_many(*, statuses: dict[int, tuple[int, dict[str, Any]]]) -> 
                 name=vault["name"],
                 kind=vault["kind"],
                 bytes_used=vault["bytes_used"],
+                encryption_format=vault.get("encryption_format", 0),
+                key_id=vault.get("key_id", ""),
             )
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -573,7 +575,7 @@ def inventory_apply_many(*, statuses: dict[int, tuple[int, dict[str, Any]]]) -> 
             list(vaults.values()),
             update_conflicts=True,
             unique_fields=["account", "vault_id"],
-            update_fields=["name", "kind", "bytes_used", "updated_at"],
+            update_fields=["name", "kind", "bytes_used", "encryption_format", "key_id", "updated_at"],
             batch_size=2000,
         )
 

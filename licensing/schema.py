@@ -47,6 +47,10 @@ class CommandUsage(TypedDict):
     drop_connection: int
     collect_logs: int
     browse_files: int
+    restore: int
+    apply_retention: int
+    rotate_vault_key: int
+    list_snapshots: int
 
 
 class JobUsage(TypedDict):

@@ -52,6 +52,10 @@ COMMANDS = [
     "drop_connection",
     "collect_logs",
     "browse_files",
+    "restore",
+    "apply_retention",
+    "rotate_vault_key",
+    "list_snapshots",
 ]
 JOBS = ["backup", "restore", "retention", "verify"]
 ROLES = ("owner", "admin", "technician", "auditor")
