@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     harness.common_args(parser, name="bulk", base_port=8800)
     parser.set_defaults(shards=2)
     args = parser.parse_args(argv)
+    if args.embedded:
+        # The in-memory channel layer lives inside one process, as the embedded default's one web
+        # process does: two workers would each see the other's devices as their own.
+        args.workers = 1
     common.stop_on_sigterm()
     env, pg, seeded = harness.prepare(args, args.devices)
     from devices import selectors, services
