@@ -9,16 +9,18 @@ import uuid
 
 from django.db import models
 
+from tenants.secrets import EncryptedTextField
+
 
 class PortalLicence(models.Model):
     """This portal's identity towards the licensing service: one row at most.
 
-    The key signs every request to the service (HMAC-SHA256). It is kept in this field for now;
-    it moves to the secrets-at-rest store (tenants/secrets.py) when that lands.
+    The key signs every request to the service (HMAC-SHA256); it is encrypted at rest
+    (tenants/secrets.py), so a copy of the database alone cannot sign as this portal.
     """
 
     serial = models.CharField(max_length=64, unique=True)
-    licence_key = models.CharField(max_length=128)
+    licence_key = EncryptedTextField()
     # Always True, and unique: a second licence row cannot exist, even when two processes race.
     singleton = models.BooleanField(default=True, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -10,13 +10,15 @@ import uuid
 
 from django.db import models
 
+from tenants.secrets import EncryptedTextField
+
 
 class RegisteredPortal(models.Model):
     """A portal the service bills: its serial and the key its requests are signed with."""
 
     serial = models.CharField(max_length=64, unique=True)
-    # Needed in the clear to check HMAC signatures; moves to the secrets-at-rest store with the portal's.
-    licence_key = models.CharField(max_length=128)
+    # Needed in the clear to check HMAC signatures, so encrypted (not hashed) at rest.
+    licence_key = EncryptedTextField()
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

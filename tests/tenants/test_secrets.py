@@ -167,6 +167,32 @@ def test_it_keeps_vault_credentials_encrypted_and_never_shows_them(key_file, acm
     assert other.status_code == 404
 
 
+@pytest.mark.django_db
+def test_it_keeps_both_sides_licence_keys_encrypted_and_encrypts_the_stored_ones(key_file):
+    from django.apps import apps
+
+    from licensing import services as licensing_services
+    from licensing.models import PortalLicence
+    from licensing.models_service import RegisteredPortal
+
+    licence = licensing_services.licence_configure(serial="LIC-1", licence_key=MARKER)
+    portal = RegisteredPortal.objects.create(serial="LIC-2", licence_key=MARKER + "-service", name="Portal")
+    for table in ("licensing_portallicence", "licensing_registeredportal"):
+        assert MARKER not in raw_rows(table) and "enc1:" in raw_rows(table)
+    assert PortalLicence.objects.get(pk=licence.pk).licence_key == MARKER
+    assert RegisteredPortal.objects.get(pk=portal.pk).licence_key == MARKER + "-service"
+
+    # Rows written before the field was encrypted hold the key in the clear: the migration seals them.
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE licensing_portallicence SET licence_key = %s", [MARKER])
+    assert MARKER in raw_rows("licensing_portallicence")
+    migration = importlib.import_module("licensing.migrations.0003_encrypt_licence_keys")
+    migration.encrypt_keys(apps, connection.schema_editor())
+    migration.encrypt_keys(apps, connection.schema_editor())  # a second run leaves the tokens alone
+    assert MARKER not in raw_rows("licensing_portallicence")
+    assert PortalLicence.objects.get(pk=licence.pk).licence_key == MARKER
+
+
 def test_it_dumps_the_token_and_loads_it_back(key_file, acme):
     from django.core import serializers
 
