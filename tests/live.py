@@ -125,6 +125,9 @@ class LivePortal:
                     "--ws-per-message-deflate",
                     "false",
                     "--no-access-log",
+                    # An open browser websocket (live updates) would otherwise hold the shutdown.
+                    "--timeout-graceful-shutdown",
+                    "5",
                 ],
                 cwd=REPO,
                 env=self.env,
@@ -144,7 +147,12 @@ class LivePortal:
     def stop(self) -> None:
         if self.server is not None and self.server.poll() is None:
             self.server.terminate()
-            self.server.wait(timeout=15)
+            try:
+                self.server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+                raise
 
 
 @contextmanager
