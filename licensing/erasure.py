@@ -22,6 +22,10 @@ service answers a repeated reference with the first receipt. ServiceRefused mean
 understood and refused (for instance an unknown serial); LicensingNotConfigured that this portal
 has no licence. Every occurrence of the username in the given role is replaced, in every tenant:
 reports name no tenant, so a namesake in another tenant is pseudonymised as well.
+
+`recipient_propagate` is the same call as the GDPR workflow's recipient "licensing" (registered in
+licensing/apps.py): it maps the workflow's Subject onto erasure_propagate and its failures onto
+the workflow's "retry later" (any exception) and "refused" (RecipientRefused).
 """
 
 from __future__ import annotations
@@ -39,10 +43,19 @@ from licensing.client import LicensingNotConfigured, ServiceRefused, ServiceUnre
 from licensing.models import UsageReport
 from licensing.services import licence_current
 from licensing.services_receiver import SUBJECT_KINDS
+from tenants import personal_data
 from tenants.audit import SYSTEM, audit_record
 
-__all__ = ["LicensingNotConfigured", "ServiceRefused", "ServiceUnreachable", "erasure_propagate"]
+__all__ = [
+    "LicensingNotConfigured",
+    "ServiceRefused",
+    "ServiceUnreachable",
+    "erasure_propagate",
+    "recipient_propagate",
+]
 
+# The name of the workflow's recipient status row, shown on the request and its receipt.
+RECIPIENT_NAME = "licensing"
 _KEY_NAMESPACE = uuid.UUID("0b0b9c57-6c41-4c1e-9d7e-0c8f3e0d6a10")
 
 
@@ -115,5 +128,46 @@ def erasure_propagate(*, username: str, subject_kind: str, reference: str) -> di
             "counts": receipt.get("counts", {}),
             "portal_counts": portal_counts,
         },
+    )
+    return receipt
+
+
+def recipient_propagate(subject: personal_data.Subject, reference: str) -> dict[str, Any]:
+    """Erase a backup account or an admin at the licensing service, for the GDPR workflow.
+
+    Both kinds appear in usage reports (an admin is any member of a tenant, by login username), so
+    both are sent. ServiceUnreachable is left to the workflow, which retries with backoff; a refusal
+    cannot be cured by asking again and becomes RecipientRefused.
+    """
+    try:
+        return erasure_propagate(username=subject.username, subject_kind=subject.kind, reference=reference)
+    except LicensingNotConfigured:
+        # Reports are built only under a licence: with none and no stored report, nothing about
+        # anyone was ever sent. Stored reports without a licence (it was removed) may have been sent,
+        # so the erasure waits, retrying, until the licence is configured again.
+        if UsageReport.objects.exists():
+            raise
+        return _nothing_sent_receipt(subject_kind=subject.kind, reference=reference)
+    except ServiceRefused as error:
+        raise personal_data.RecipientRefused(str(error)) from error
+
+
+def _nothing_sent_receipt(*, subject_kind: str, reference: str) -> dict[str, Any]:
+    receipt: dict[str, Any] = {
+        "receipt_id": f"no-licence-{reference}",
+        "reference": reference,
+        "subject_kind": subject_kind,
+        "erased_at": timezone.now().isoformat(),
+        "counts": {"reports": 0, "usernames": 0, "device_names": 0},
+        "portal_counts": {"unsent_reports": 0, "sent_reports": 0, "usernames": 0},
+        "note": "This portal has no licence and never built a usage report: the licensing service holds nothing.",
+    }
+    audit_record(
+        actor=SYSTEM,
+        tenant=None,
+        action="licensing.erasure_nothing_sent",
+        target_type="erasure_request",
+        target_id=reference[:64],
+        after={"subject_kind": subject_kind, "receipt_id": receipt["receipt_id"]},
     )
     return receipt

@@ -105,10 +105,17 @@ class Handler:
     subjects_of_tenant: Callable[[int], list[int]] | None = None
 
 
+class RecipientRefused(Exception):
+    """Raised by a recipient's `propagate` when the system understood the request and will not carry
+    it out (an unknown portal, an invalid request): asking again cannot help, so the recipient fails
+    at once and the request shows why. Any other exception counts as "try again later"."""
+
+
 @dataclass(frozen=True)
 class Recipient:
     """A system outside the database that must erase the subject too; `propagate` returns a receipt
-    with at least receipt_id, reference, erased_at and counts, and raises when it cannot."""
+    with at least receipt_id, reference, erased_at and counts, and raises when it cannot (see
+    RecipientRefused)."""
 
     name: str
     propagate: Callable[[Subject, str], dict[str, Any]]

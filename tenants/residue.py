@@ -2,15 +2,20 @@
 
 The tables and their columns come from database introspection, not from a list kept by hand, so a
 table added by any app (or a third-party one) is searched without anyone remembering to add it.
-Binary, numeric, boolean and date columns are skipped: they cannot hold a name. The report says
-where identifiers were found (table, column, number of rows), never the values.
+Numeric, boolean and date columns are skipped: they cannot hold a name. Binary columns are read
+only where a value is gzip (the licensing outbox's and the licensing service's usage reports, which
+name accounts and admins): it is decompressed as a stream and searched like text; other binary
+values (encrypted secrets, logos, zip archives) are skipped. The report says where identifiers were
+found (table, column, number of rows), never the values.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +44,10 @@ SKIPPED_TYPES = frozenset(
         "BinaryField",
     }
 )
+BINARY_TYPES = frozenset({"BinaryField"})
+GZIP_MAGIC = b"\x1f\x8b"
+# Decompressed text is searched this many characters at a time, so a large report never sits in memory.
+DECOMPRESSED_CHUNK = 1024 * 1024
 # Shorter strings match too much to mean anything (and are not identifiers a portal holds).
 MIN_IDENTIFIER_LENGTH = 3
 # Identifiers per regular expression (SQLite).
@@ -111,8 +120,7 @@ def mentions(value: Any, patterns: list[re.Pattern[str]]) -> bool:
     return any(pattern.search(text) for text in texts for pattern in patterns)
 
 
-def text_columns() -> dict[str, list[str]]:
-    """Return every table of the database with the columns that can hold text, by introspection."""
+def _columns(wanted: Callable[[str], bool]) -> dict[str, list[str]]:
     tables: dict[str, list[str]] = {}
     with connection.cursor() as cursor:
         for table in sorted(connection.introspection.table_names(cursor)):
@@ -122,11 +130,46 @@ def text_columns() -> dict[str, list[str]]:
                     kind = connection.introspection.get_field_type(description.type_code, description)
                 except KeyError:
                     kind = "TextField"  # an unknown type is searched rather than trusted
-                if kind not in SKIPPED_TYPES:
+                if wanted(kind):
                     columns.append(description.name)
             if columns:
                 tables[table] = columns
     return tables
+
+
+def text_columns() -> dict[str, list[str]]:
+    """Return every table of the database with the columns that can hold text, by introspection."""
+    return _columns(lambda kind: kind not in SKIPPED_TYPES)
+
+
+def binary_columns() -> dict[str, list[str]]:
+    """Return every table of the database with its binary columns (searched where they hold gzip)."""
+    return _columns(lambda kind: kind in BINARY_TYPES)
+
+
+def gzip_mentions(blob: bytes, patterns: list[re.Pattern[str]], *, overlap: int) -> bool:
+    """Return whether gzip-compressed text holds one of the identifiers, decompressing as a stream.
+
+    Each chunk is searched together with the last `overlap` characters of the one before, so a name
+    split across two chunks is found; a stream that turns out not to be gzip is searched as far as
+    it decompresses.
+    """
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail, pending = "", blob
+    while True:
+        try:
+            raw = inflater.decompress(pending, DECOMPRESSED_CHUNK)
+        except zlib.error:
+            return False
+        pending = inflater.unconsumed_tail
+        finished = not pending and (inflater.eof or not raw)
+        text = tail + decoder.decode(raw, final=finished).lower()
+        if any(pattern.search(text) for pattern in patterns):
+            return True
+        if finished:
+            return False
+        tail = text[-overlap:]
 
 
 def token_regexes(variants: list[str]) -> list[str]:
@@ -190,7 +233,28 @@ def residue_scan(*, identifiers: Iterable[str], exclude: Iterable[tuple[str, str
             for column, count in zip(columns, counts, strict=True):
                 if count:
                     report.hits.append(Hit(table=table, column=column, rows=int(count)))
+        overlap = max(len(variant) for variant in variants) + 2  # the variant and a boundary each side
+        for table, columns in binary_columns().items():
+            for column in columns:
+                if (table, column) in skipped:
+                    continue
+                report.columns += 1
+                if count := _count_gzip(cursor, table, column, matchers, overlap=overlap):
+                    report.hits.append(Hit(table=table, column=column, rows=count))
     return report
+
+
+def _count_gzip(cursor: Any, table: str, column: str, matchers: list[re.Pattern[str]], *, overlap: int) -> int:
+    """Count the rows whose value in a binary column is gzip holding an identifier."""
+    quote = connection.ops.quote_name
+    cursor.execute(
+        f"SELECT {quote(column)} FROM {quote(table)} WHERE SUBSTR({quote(column)}, 1, 2) = %s",  # noqa: S608 - names from introspection
+        [GZIP_MAGIC],
+    )
+    count = 0
+    while rows := cursor.fetchmany(20):
+        count += sum(1 for (value,) in rows if gzip_mentions(bytes(value), matchers, overlap=overlap))
+    return count
 
 
 def _count_by_regex(cursor: Any, table: str, columns: list[str], variants: list[str]) -> list[int]:

@@ -530,7 +530,7 @@ def erasure_propagate(*, status_id: int, now: datetime | None = None) -> str:
     recipient = personal_data.recipient_get(status.name)
     subject = subject_of(request)
     receipt: dict[str, Any] | None = None
-    error_text = ""
+    error_text, refused = "", False
     if recipient is None:
         error_text = "This recipient is no longer registered."
     else:
@@ -539,7 +539,9 @@ def erasure_propagate(*, status_id: int, now: datetime | None = None) -> str:
             missing = [key for key in RECEIPT_KEYS if key not in (receipt or {})]
             if missing:
                 raise ValueError(f"The receipt lacks {', '.join(missing)}")
-        except Exception as error:  # the recipient is down or refused: retry with backoff
+        except personal_data.RecipientRefused as error:  # asking again cannot help: fail it now
+            receipt, refused, error_text = None, True, _scrub(str(error), subject)
+        except Exception as error:  # the recipient is down or failed: retry with backoff
             receipt, error_text = None, _scrub(f"{type(error).__name__}: {error}", subject)
     with transaction.atomic():
         status = ErasureRecipientStatus.objects.select_for_update().get(pk=status_id)
@@ -559,7 +561,7 @@ def erasure_propagate(*, status_id: int, now: datetime | None = None) -> str:
             if not request.recipients.exclude(state=ErasureRecipientStatus.State.CONFIRMED).exists():
                 _finish(request)
             return "confirmed"
-        max_attempts = recipient.max_attempts if recipient is not None else 1
+        max_attempts = recipient.max_attempts if recipient is not None and not refused else 1
         status.last_error = error_text
         if status.attempts >= max_attempts:
             status.state, status.next_attempt_at = ErasureRecipientStatus.State.FAILED, None
@@ -568,8 +570,11 @@ def erasure_propagate(*, status_id: int, now: datetime | None = None) -> str:
         status.save(update_fields=["state", "attempts", "last_error", "next_attempt_at"])
         if request.state == State.PROPAGATING:
             request.state = State.PARTIAL
-            request.save(update_fields=["state"])
-        _audit(SYSTEM, request, "recipient_failed", recipient=status.name, attempts=status.attempts)
+        if refused:
+            # Shown on the request until someone fixes the cause and presses "Retry now".
+            request.last_error = f"{status.name} refused the erasure: {error_text}"[:500]
+        request.save(update_fields=["state", "last_error"])
+        _audit(SYSTEM, request, "recipient_failed", recipient=status.name, attempts=status.attempts, refused=refused)
         return "failed"
 
 

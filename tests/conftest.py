@@ -64,6 +64,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail("REQUIRE_FULL_SUITE=1 but " + "; ".join(reasons), pytrace=False)
 
 
+@pytest.fixture
+def eager():
+    """Run Celery tasks inline (the broker is not what these tests are about)."""
+    from portal.celery import app as celery_app
+
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = False
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
     """Start each test with an empty cache: throttling counts live there."""

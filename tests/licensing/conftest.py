@@ -134,11 +134,14 @@ class ServiceFront:
     Modes: "up" forwards to the service; "error" answers 500; "slow" forwards (so the service
     stores the report) and answers only after the portal has given up; "refuse" closes the
     listening socket, so connections are refused. `requests` counts what reached it.
+    `forwarded_for` is sent on as X-Forwarded-For: the address the service sees the portal at
+    across a network (the service must then trust 127.0.0.1 as a proxy).
     """
 
-    def __init__(self, upstream: str, delay: float) -> None:
+    def __init__(self, upstream: str, delay: float, forwarded_for: str = "") -> None:
         self.upstream = upstream.rstrip("/")
         self.delay = delay
+        self.forwarded_for = forwarded_for
         self.mode = "up"
         self.requests = 0
         self.port = free_port()
@@ -163,12 +166,10 @@ class ServiceFront:
                 if front.mode == "error":
                     self._answer(500, b"<h1>Internal Server Error</h1>", "text/html")
                     return
-                request = urllib.request.Request(
-                    front.upstream + self.path,
-                    data=body,
-                    headers={name: value for name, value in self.headers.items() if name.lower() != "host"},
-                    method="POST",
-                )
+                headers = {name: value for name, value in self.headers.items() if name.lower() != "host"}
+                if front.forwarded_for:
+                    headers["X-Forwarded-For"] = front.forwarded_for
+                request = urllib.request.Request(front.upstream + self.path, data=body, headers=headers, method="POST")
                 try:
                     with urllib.request.urlopen(request, timeout=30) as response:
                         status, answer = response.status, response.read()

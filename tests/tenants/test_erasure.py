@@ -437,7 +437,7 @@ def test_it_offboards_a_whole_tenant_once_its_owner_confirms(
 
 @pytest.mark.django_db
 def test_it_offboards_a_tenant_suspended_for_a_month_without_its_owner(
-    acme, staff, eager, time_machine, django_capture_on_commit_callbacks
+    acme, staff, eager, without_licensing_recipient, time_machine, django_capture_on_commit_callbacks
 ):
     from tenants import services
 
