@@ -181,8 +181,12 @@ class Command(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["device", "status", "created_at"], name="command_device_status"),
-            # Only the commands still waiting: what each worker's undelivered-command sweep reads.
+            # Only the commands still waiting, and those sent but not acknowledged: what each
+            # worker's undelivered-command sweep reads.
             models.Index(fields=["created_at"], condition=models.Q(status="queued"), name="command_queued"),
+            models.Index(
+                fields=["delivered_at"], condition=models.Q(status="delivered"), name="command_unacknowledged"
+            ),
             models.Index(fields=["tenant", "-created_at"], name="command_tenant_recent"),
         ]
 

@@ -774,36 +774,46 @@ SWEEP_BATCH = 20_000
 
 
 def commands_take_queued_of_worker(*, channel_prefix: str, queued_before: datetime) -> dict[str, list[dict[str, Any]]]:
-    """Take the queued commands of every device connected to one worker process (channels starting
-    with `channel_prefix`) queued before `queued_before`: mark them delivered and return their
+    """Take the waiting commands of every device connected to one worker process (channels starting
+    with `channel_prefix`): those queued before `queued_before`, and those delivered more than
+    REDELIVER_AFTER ago and still not acknowledged. Mark them delivered (now) and return their
     frames by connection channel.
 
+    Re-sending the overdue ones is what makes delivery at-least-once on a connection that stays up:
+    a frame written to a socket that died unnoticed, or an acknowledgement lost with a worker that
+    stopped, would otherwise wait for the device's next reconnect (the device runs a command once
+    and answers a repeat with its acknowledgement and stored result).
+
     One transaction for all the worker's devices, so a bulk command to thousands of devices costs
-    the worker one round trip instead of one per device; the partial index on queued commands
-    keeps the query proportional to the commands waiting.
+    the worker one round trip instead of one per device; two partial indexes (queued, delivered)
+    keep the queries proportional to the commands waiting.
     """
     now = timezone.now()
+    live_here = Q(device__connection_channel__startswith=channel_prefix, expires_at__gt=now)
+    waiting = (
+        Q(status=Command.Status.QUEUED, created_at__lt=queued_before),
+        Q(status=Command.Status.DELIVERED, delivered_at__lt=now - REDELIVER_AFTER),
+    )
     with transaction.atomic():
-        commands = list(
-            Command.objects.select_for_update(of=("self",))
-            .filter(
-                status=Command.Status.QUEUED,
-                created_at__lt=queued_before,
-                expires_at__gt=now,
-                device__connection_channel__startswith=channel_prefix,
-            )
+        commands = [
+            command
+            for condition in waiting
+            for command in Command.objects.select_for_update(of=("self",))
+            .filter(condition, live_here)
             .select_related("device")
             .order_by("created_at", "id")[:SWEEP_BATCH]
-        )
-        Command.objects.filter(pk__in=[command.pk for command in commands], status=Command.Status.QUEUED).update(
-            status=Command.Status.DELIVERED, delivered_at=now
-        )
+        ]
+        Command.objects.filter(
+            pk__in=[command.pk for command in commands],
+            status__in=[Command.Status.QUEUED, Command.Status.DELIVERED],
+        ).update(status=Command.Status.DELIVERED, delivered_at=now)
     frames: dict[str, list[dict[str, Any]]] = {}
+    newly_delivered = [command for command in commands if command.status == Command.Status.QUEUED]
     for command in commands:
         command.status, command.delivered_at = Command.Status.DELIVERED, now
         frames.setdefault(command.device.connection_channel, []).append(_command_frame(command))
-    if len(commands) <= LIVE_STATUS_PUSHES_MAX:
-        for command in commands:
+    if len(newly_delivered) <= LIVE_STATUS_PUSHES_MAX:
+        for command in newly_delivered:
             live.command_status(command)
     return frames
 

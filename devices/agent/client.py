@@ -7,7 +7,8 @@ Everything here follows docs/protocol.md. Three rules shape the code:
   start and end) wait in an outbox that is sent right after the next `hello`.
 - A command id is recorded in the state file before the command runs, so a command delivered
   twice (the portal resends unacknowledged commands after a reconnect) runs at most once, even
-  across restarts; a repeat is only acknowledged again.
+  across restarts; a repeat is acknowledged again, and answered with its result if the agent
+  still holds it (the portal also resends commands whose acknowledgement never arrived).
 - Sending is paced below the portal's limit of 20 messages a second, so the agent is never the
   one that gets dropped or disconnected for flooding.
 """
@@ -19,7 +20,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ EXIT_FATAL = 1
 EXIT_REPLACED = 3
 
 PROGRESS_INTERVAL_SECONDS = 0.25  # at most four job_progress frames a second per job, by default
+RESULTS_KEPT = 200  # results answered again to a repeated command (in memory only)
 MIN_PROGRESS_INTERVAL_SECONDS = 0.05  # the pacer keeps even this under the portal's message rate
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 MIN_HEARTBEAT_SECONDS = 1.0
@@ -138,6 +140,9 @@ class Agent:
         )
         self.jobs: dict[str, Job] = {}
         self._job_done: dict[str, asyncio.Event] = {}
+        # The result frames of the latest commands, sent again when the portal repeats a command:
+        # a result written to a socket whose worker stopped before reading it is otherwise lost.
+        self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._ws: ClientConnection | None = None
         self._send_lock = asyncio.Lock()
         self._pacer = SendPacer()
@@ -495,6 +500,8 @@ class Agent:
         await self.send({"type": "command_ack", "command_id": command_id}, keep=True)
         if repeat:
             logger.info("Command %s (%s) was already executed; acknowledged it again.", command_id, kind)
+            if (result := self._results.get(command_id)) is not None:
+                await self.send(result, keep=True)
             return
         logger.info("Running command %s (%s).", command_id, kind)
         handler = self._handlers.get(kind)
@@ -508,7 +515,11 @@ class Agent:
             logger.exception("Command %s (%s) failed.", command_id, kind)
             outcome = failed(f"the agent failed: {error}")
         logger.info("Command %s (%s) %s.", command_id, kind, outcome.status)
-        await self.send(outcome.frame(command_id), keep=True)
+        frame = outcome.frame(command_id)
+        self._results[command_id] = frame
+        while len(self._results) > RESULTS_KEPT:
+            self._results.popitem(last=False)
+        await self.send(frame, keep=True)
         if after is not None:
             await after()
 

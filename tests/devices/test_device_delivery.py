@@ -95,6 +95,30 @@ def test_it_takes_only_queued_unexpired_commands_of_the_process_older_than_the_s
     assert take() == {}
 
 
+def test_the_sweep_sends_an_unacknowledged_command_again_once_it_is_overdue(acme, registration):
+    """A frame lost on a connection that stayed up (or an acknowledgement lost with a stopped worker)
+    goes again within REDELIVER_AFTER plus a sweep, not only at the device's next reconnect."""
+    Device.objects.filter(pk=registration.device.pk).update(connection_channel="specific.worker-a!abc")
+    command = _queue_without_push(registration)
+    later = timezone.now() + timedelta(seconds=1)
+
+    def taken_ids() -> list[str]:
+        frames = services.commands_take_queued_of_worker(channel_prefix="specific.worker-a!", queued_before=later)
+        return [frame["command_id"] for frame in frames.get("specific.worker-a!abc", [])]
+
+    assert taken_ids() == [str(command.command_id)]
+    assert taken_ids() == []  # delivered just now: not yet overdue
+    Command.objects.filter(pk=command.pk).update(delivered_at=timezone.now() - services.REDELIVER_AFTER * 2)
+    assert taken_ids() == [str(command.command_id)]
+    assert taken_ids() == []  # its delivery time was renewed: once per REDELIVER_AFTER, not every sweep
+    assert timezone.now() - Command.objects.get(pk=command.pk).delivered_at < services.REDELIVER_AFTER
+    # Acknowledged, it is never sent again.
+    Command.objects.filter(pk=command.pk).update(
+        status=Command.Status.ACKNOWLEDGED, delivered_at=timezone.now() - services.REDELIVER_AFTER * 2
+    )
+    assert taken_ids() == []
+
+
 async def test_a_large_bulk_command_reaches_devices_through_the_sweep_alone(
     acme, registration, device_socket, monkeypatch
 ):
