@@ -147,6 +147,14 @@ def pinned(command: list[str], cpus: str | None) -> list[str]:
     return command
 
 
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 60.0, process: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

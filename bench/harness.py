@@ -28,6 +28,10 @@ UVICORN_ARGS = [
     # thousands of goodbyes (a database write each).
     "--timeout-graceful-shutdown",
     "5",
+    # A short accept queue: in a reconnect storm the default (2,048) filled with handshakes whose
+    # devices had given up waiting, and the worker spent itself on them (congestion collapse).
+    "--backlog",
+    "128",
     "--no-access-log",
     "--log-level",
     "warning",
@@ -572,6 +576,10 @@ class OwnRedis:
     def start(self) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--maxclients", "10000", "--logfile", str(self.log_dir / f"redis-{self.port}.log")]
+        # Something else listening there (a Redis of an earlier run, still shutting down) would pass
+        # the port check below while ours exits at once: the bench would measure no Redis at all.
+        if common.port_open(self.port):
+            raise RuntimeError(f"port {self.port} is taken: choose another with --own-redis-port")
         self.process = subprocess.Popen(command, cwd=self.log_dir, start_new_session=True)
         common.wait_port(self.port, timeout=30, process=self.process)
 

@@ -46,6 +46,21 @@ def cases(slug: str) -> list[tuple[str, str]]:
     ]
 
 
+def cursor_cases(slug: str, tenant: Any) -> list[tuple[str, str]]:
+    """Page 500 as the pager's Next link reaches it: with the cursor of page 499's last row."""
+    from devices import selectors
+    from portal import keyset
+
+    base = f"/t/{slug}/devices/"
+    found = []
+    for sort, label in (("name", "deep page 500"), ("-last_seen", "sort -last_seen, page 500")):
+        queryset = selectors.device_list(tenant=tenant, filters=selectors.DeviceFilters(sort=sort))
+        last_of_499 = queryset[499 * 50 - 1]
+        cursor = keyset.cursor_of(queryset, last_of_499)
+        found.append((f"devices: {label} through Next (cursor)", f"{base}?sort={sort}&page=500&after={cursor}"))
+    return found
+
+
 def selector_cases() -> list[tuple[str, dict[str, Any], int]]:
     return [
         ("selector: first page", {}, 1),
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     try:
         if pages_exist:
-            for name, url in cases(TENANT):
+            for name, url in cases(TENANT) + cursor_cases(TENANT, tenant):
 
                 def get(url: str = url) -> Any:
                     response = client.get(url)

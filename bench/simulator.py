@@ -52,6 +52,7 @@ import common
 from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 HEARTBEAT = b'{"v":1,"type":"heartbeat"}'
@@ -109,6 +110,7 @@ class Device(asyncio.Protocol):
         "drain_pending",
         "counted",
         "in_pending",
+        "attempts",
     )
 
     def __init__(self, fleet: Fleet, index: int, port: int, slot: int) -> None:
@@ -120,6 +122,7 @@ class Device(asyncio.Protocol):
         self.proto: ClientProtocol | None = None
         self.transport: asyncio.Transport | None = None
         self.attempt = 0
+        self.attempts = 0  # connection attempts ever, for the Device-Connection header
         self.attempt_started = self.opened_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.executed: set[str] | None = None
@@ -133,6 +136,8 @@ class Device(asyncio.Protocol):
         proto = ClientProtocol(self.fleet.uris[self.port])
         request = proto.connect()
         request.headers["Authorization"] = f"Device {self.token}"
+        self.attempts += 1
+        request.headers["Device-Connection"] = f"{self.fleet.run_id}.{self.attempts}"
         proto.send_request(request)
         self.proto = proto
         self.flush()
@@ -179,7 +184,9 @@ class Device(asyncio.Protocol):
                 transport.write_eof()
 
     def send(self, payload: bytes, kind: str) -> None:
-        if self.proto is None or self.state not in (OPEN, READY):
+        # The protocol may be closing already while our state says open: the server's close frame
+        # (4013, busy) can arrive in the same read as its handshake response.
+        if self.proto is None or self.state not in (OPEN, READY) or self.proto.state is not State.OPEN:
             return
         self.proto.send_text(payload)
         self.flush()
@@ -346,6 +353,7 @@ class Device(asyncio.Protocol):
 class Fleet:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.run_id = os.urandom(8).hex()
         self.secret = args.secret
         self.heartbeat = float(args.heartbeat)
         self.command_delay = args.command_delay

@@ -46,6 +46,7 @@ from devices.serializers import (
     VaultCredentialsSerializer,
     VaultSerializer,
 )
+from portal import keyset
 from tenants.api import ApiListView, ApiView, id_parameter
 from tenants.audit import Actor, actor_from_request
 from tenants.models import Tenant
@@ -76,14 +77,38 @@ class PageWithoutCount(BasePagination):
     max_page = 1_000_000
 
     def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any]:
+        """`next` and `previous` carry a cursor (`after` / `before`) where the list's order allows
+        keyset paging (portal/keyset.py), so following them costs the same at any depth; `page`
+        alone still works, by offset."""
         self.request = request
         page, size = self._page(request), self._page_size(request)
-        rows = selectors.page_of(queryset, offset=(page - 1) * size, limit=size + 1)
-        if not rows and page > 1:
-            raise NotFound("Invalid page.")
-        self.next_page = page + 1 if len(rows) > size else None
-        self.previous_page = page - 1 if page > 1 else None
-        return rows[:size]
+        after, before = request.query_params.get("after", ""), request.query_params.get("before", "")
+        self.next_cursor = self.previous_cursor = ""
+        self.next_page: int | None
+        self.previous_page: int | None
+        if (after or before) and keyset.orderable(queryset):
+            try:
+                rows = keyset.page(queryset, after=after, before=before, limit=size + 1)
+            except keyset.InvalidCursor as error:
+                raise NotFound(str(error)) from None
+            if before:
+                more_before, rows = len(rows) > size, rows[-size:]
+                self.next_page, self.previous_page = page + 1, (page - 1 if more_before and page > 1 else None)
+            else:
+                self.next_page = page + 1 if len(rows) > size else None
+                self.previous_page = page - 1 if page > 1 else None
+                rows = rows[:size]
+        else:
+            rows = selectors.page_of(queryset, offset=(page - 1) * size, limit=size + 1)
+            if not rows and page > 1:
+                raise NotFound("Invalid page.")
+            self.next_page = page + 1 if len(rows) > size else None
+            self.previous_page = page - 1 if page > 1 else None
+            rows = rows[:size]
+        if rows and keyset.orderable(queryset):
+            self.next_cursor = keyset.cursor_of(queryset, rows[-1])
+            self.previous_cursor = keyset.cursor_of(queryset, rows[0])
+        return rows
 
     def _page(self, request: Request) -> int:
         try:
@@ -102,15 +127,22 @@ class PageWithoutCount(BasePagination):
             return self.page_size
         return min(size, self.max_page_size) if size >= 1 else self.page_size
 
-    def _link(self, page: int | None) -> str | None:
+    def _link(self, page: int | None, *, cursor: tuple[str, str] | None = None) -> str | None:
         if page is None:
             return None
-        url = self.request.build_absolute_uri()
-        return remove_query_param(url, "page") if page == 1 else replace_query_param(url, "page", page)
+        url = remove_query_param(remove_query_param(self.request.build_absolute_uri(), "after"), "before")
+        if page == 1:
+            return remove_query_param(url, "page")
+        url = replace_query_param(url, "page", page)
+        return replace_query_param(url, cursor[0], cursor[1]) if cursor and cursor[1] else url
 
     def get_paginated_response(self, data: Any) -> Response:
         return Response(
-            {"next": self._link(self.next_page), "previous": self._link(self.previous_page), "results": data}
+            {
+                "next": self._link(self.next_page, cursor=("after", self.next_cursor)),
+                "previous": self._link(self.previous_page, cursor=("before", self.previous_cursor)),
+                "results": data,
+            }
         )
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +166,20 @@ class PageWithoutCount(BasePagination):
                 "in": "query",
                 "description": "The page, from 1; follow `next` rather than counting.",
                 "schema": {"type": "integer", "minimum": 1, "maximum": self.max_page},
+            },
+            {
+                "name": "after",
+                "required": False,
+                "in": "query",
+                "description": "A cursor from a `next` link: the page after that row, at the cost of the first page.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "before",
+                "required": False,
+                "in": "query",
+                "description": "A cursor from a `previous` link: the page before that row.",
+                "schema": {"type": "string"},
             },
             {
                 "name": "page_size",

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from devices import protocol, services
+from devices import live, protocol, services
 from devices.ingest import buffer
 from devices.models import Device
 from tenants.net import client_ip
@@ -54,6 +54,17 @@ async def _watch_heartbeats() -> None:
         deadline = time.monotonic() - protocol.MISSED_HEARTBEATS * interval
         for consumer in [consumer for consumer in _LIVE.values() if consumer.last_message_at < deadline]:
             await consumer.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT)
+
+
+# How often each process sends its devices' batched presence changes to browsers.
+PRESENCE_FLUSH_SECONDS = 0.5
+
+
+async def _flush_presence() -> None:
+    live.presence_batch.loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(PRESENCE_FLUSH_SECONDS)
+        await live.presence_flush()
 
 
 # How often each process looks for queued commands of its own live devices that no push reached.
@@ -114,13 +125,16 @@ _handshakes_in_progress = 0
 
 
 def _authenticate_and_connect(
-    *, token: str, channel_name: str, ip_address: str | None
+    *, token: str, channel_name: str, ip_address: str | None, attempt: str
 ) -> tuple[Device, services.Connected] | None:
     """Check the token and record the connection in one trip to the database thread pool."""
     device = services.device_authenticate(token=token)
     if device is None:
         return None
-    return device, services.device_connected(device=device, channel_name=channel_name, ip_address=ip_address)
+    connected = services.device_connected(
+        device=device, channel_name=channel_name, ip_address=ip_address, attempt=attempt
+    )
+    return device, connected
 
 
 class DeviceConsumer(AsyncWebsocketConsumer):
@@ -154,7 +168,10 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         _handshakes_in_progress += 1
         try:
             found = await _database(_authenticate_and_connect)(
-                token=_token_from(self.scope), channel_name=self.channel_name, ip_address=ip_address
+                token=_token_from(self.scope),
+                channel_name=self.channel_name,
+                ip_address=ip_address,
+                attempt=_header(self.scope, b"device-connection"),
             )
         finally:
             _handshakes_in_progress -= 1
@@ -164,6 +181,11 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_UNAUTHENTICATED)
             return
         device, connected = found
+        if connected.superseded:
+            # A later attempt of this device is live: this earlier one, served late, is the one replaced.
+            await self.accept(subprotocol)
+            await self.close(code=protocol.CLOSE_REPLACED)
+            return
         self.device_pk, self.tenant_id, self.device_id = connected.device_pk, connected.tenant_id, device.device_id
         self.authenticated = True
         buffer.forget(self.device_pk)  # the first status of a new connection is always written
@@ -179,7 +201,11 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         if not tasks or any(task.done() for task in tasks):
             for task in tasks or []:
                 task.cancel()
-            _process_tasks[loop] = [loop.create_task(_watch_heartbeats()), loop.create_task(_sweep_undelivered())]
+            _process_tasks[loop] = [
+                loop.create_task(_watch_heartbeats()),
+                loop.create_task(_sweep_undelivered()),
+                loop.create_task(_flush_presence()),
+            ]
 
     async def disconnect(self, code: int) -> None:
         _LIVE.pop(self.channel_name, None)

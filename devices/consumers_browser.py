@@ -16,3 +16,8 @@ class FleetLiveConsumer(TenantSocketConsumer):
 
     async def live_update(self, message: dict[str, Any]) -> None:
         await self.send_json(message["event"])
+
+    async def live_updates(self, message: dict[str, Any]) -> None:
+        # Batched presence changes: the browser gets each as a frame of its own, as if sent alone.
+        for event in message["events"]:
+            await self.send_json(event)

@@ -34,6 +34,10 @@ class BackupAccount(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "username"], name="account_username_per_tenant")]
+        # The few accounts held by an erasure: what lists exclude (devices.selectors.hidden_accounts).
+        indexes = [
+            models.Index(fields=["tenant"], condition=models.Q(erasure_pending=True), name="account_erasure_pending")
+        ]
 
     def __str__(self) -> str:
         return self.username
@@ -60,6 +64,10 @@ class Device(models.Model):
     is_live = models.BooleanField(default=False)
     # The Channels channel of the live connection, so a command reaches exactly that consumer.
     connection_channel = models.CharField(max_length=200, blank=True)
+    # The live connection's attempt id ("<run>.<n>", from the Device-Connection header): a device
+    # that gave up on a slow handshake has connected again since; when the earlier attempt is
+    # served last it must not replace the later one (see devices.services.device_connected).
+    connection_attempt = models.CharField(max_length=80, blank=True)
     # Device-side consent flags sent in `hello`, e.g. {"allow_browse": true}.
     consents = models.JSONField(default=dict, blank=True)
     # Denormalised for the device list's filter, kept current by job_finished.
@@ -69,7 +77,8 @@ class Device(models.Model):
         constraints = [models.UniqueConstraint(fields=["tenant", "device_id"], name="device_id_per_tenant")]
         indexes = [
             models.Index(fields=["tenant", "name", "id"], name="device_tenant_name"),
-            models.Index(fields=["tenant", "-last_seen_at", "id"], name="device_tenant_seen"),
+            # Descending in both columns, as the "last seen" sort orders (a backward scan serves the other way).
+            models.Index(fields=["tenant", "-last_seen_at", "-id"], name="device_tenant_last_seen"),
             models.Index(fields=["tenant", "is_live", "name", "id"], name="device_tenant_live"),
             models.Index(fields=["tenant", "os", "name", "id"], name="device_tenant_os"),
             models.Index(fields=["tenant", "client_version", "name", "id"], name="device_tenant_version"),

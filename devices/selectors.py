@@ -12,6 +12,7 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from devices.models import BackupAccount, Command, Device, Job, ProtectedItem, StorageVault
+from portal import keyset
 from tenants.models import Tenant
 
 # Account columns that lists and device pages never show: up to 1 MiB of opaque secrets, and a hash.
@@ -97,13 +98,19 @@ class DeviceFilters:
     sort: str = "name"
 
 
+def hidden_accounts(*, tenant: Tenant) -> list[int]:
+    """Return the ids of the tenant's accounts held by an erasure request (few, usually none)."""
+    return list(BackupAccount.objects.filter(tenant=tenant, erasure_pending=True).values_list("id", flat=True))
+
+
 def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> QuerySet[Device]:
     """Return the tenant's devices filtered and sorted; every filter and sort has an index behind it."""
-    devices = (
-        Device.objects.filter(tenant=tenant, account__erasure_pending=False)
-        .select_related("account")
-        .defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
-    )
+    devices = Device.objects.filter(tenant=tenant).select_related("account").defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
+    # Devices of accounts held by an erasure are hidden. Excluding those few accounts by id, rather
+    # than joining every device to its account, keeps a deep page to a scan of the sort's index
+    # (page 500 of 100,000 devices: the join cost 20 ms of 57).
+    if hidden := hidden_accounts(tenant=tenant):
+        devices = devices.exclude(account_id__in=hidden)
     if filters.search:
         # Two conditions on the device table, each served by a trigram index on PostgreSQL (a
         # BitmapOr), rather than an OR across the join to accounts, which no index can serve.
@@ -120,7 +127,8 @@ def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> 
         devices = devices.filter(client_version=filters.client_version)
     if filters.failing is not None:
         devices = devices.filter(has_failing_jobs=filters.failing)
-    return devices.order_by(*DEVICE_SORTS.get(filters.sort, DEVICE_SORTS["name"]))
+    # NULLs placed explicitly (never-seen devices last going up), as keyset paging expects.
+    return devices.order_by(*keyset.ordering(*DEVICE_SORTS.get(filters.sort, DEVICE_SORTS["name"])))
 
 
 def device_get(*, tenant: Tenant, device_pk: int) -> Device:

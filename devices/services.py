@@ -423,19 +423,43 @@ class Connected:
     device_pk: int
     tenant_id: int
     replaced_channel: str
+    # A newer handshake of the same device already holds the connection: this one must close.
+    superseded: bool = False
 
 
-def device_connected(*, device: Device, channel_name: str, ip_address: str | None) -> Connected:
-    """Make `channel_name` the device's one live connection; return the one it replaces, if any."""
+def device_connected(*, device: Device, channel_name: str, ip_address: str | None, attempt: str = "") -> Connected:
+    """Make `channel_name` the device's one live connection; return the one it replaces, if any.
+
+    `attempt` is the connection's attempt id, `<run>.<n>` (docs/protocol.md): in a reconnect storm
+    a device gives up on a handshake that waits too long and opens another; when the first is
+    finally served, after the second, it must not replace it (the device would be told it was
+    replaced, and stop). Attempts of one run compare by number; another run (the agent restarted,
+    or a second agent with the same identity) always replaces, as does a connection without an id.
+    """
     with transaction.atomic():
-        locked = Device.objects.select_for_update().get(pk=device.pk)
+        locked = Device.objects.select_for_update().only("connection_channel", "connection_attempt").get(pk=device.pk)
+        if locked.connection_channel and _attempt_is_older(attempt, than=locked.connection_attempt):
+            return Connected(device_pk=device.pk, tenant_id=device.tenant_id, replaced_channel="", superseded=True)
         replaced = locked.connection_channel if locked.connection_channel != channel_name else ""
-        now = timezone.now()
         Device.objects.filter(pk=device.pk).update(
-            connection_channel=channel_name, is_live=True, last_seen_at=now, public_ip=ip_address
+            connection_channel=channel_name,
+            connection_attempt=attempt[:80],
+            is_live=True,
+            last_seen_at=timezone.now(),
+            public_ip=ip_address,
         )
-    live.device_presence(device.tenant_id, device.pk, is_live=True)
+    live.device_presence(device.tenant_id, device.pk, is_live=True, batched=True)
     return Connected(device_pk=device.pk, tenant_id=device.tenant_id, replaced_channel=replaced)
+
+
+ATTEMPT_PATTERN = re.compile(r"^([A-Za-z0-9_-]{1,64})\.([0-9]{1,15})$")
+
+
+def _attempt_is_older(attempt: str, *, than: str) -> bool:
+    new, live_one = ATTEMPT_PATTERN.match(attempt), ATTEMPT_PATTERN.match(than)
+    if new is None or live_one is None or new.group(1) != live_one.group(1):
+        return False
+    return int(new.group(2)) < int(live_one.group(2))
 
 
 def device_disconnected(*, device_pk: int, tenant_id: int, channel_name: str) -> None:
@@ -444,7 +468,7 @@ def device_disconnected(*, device_pk: int, tenant_id: int, channel_name: str) ->
         is_live=False, connection_channel="", last_seen_at=timezone.now()
     )
     if updated:
-        live.device_presence(tenant_id, device_pk, is_live=False)
+        live.device_presence(tenant_id, device_pk, is_live=False, batched=True)
 
 
 def device_hello(*, device_pk: int, hello: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -143,6 +144,7 @@ class Agent:
         # The result frames of the latest commands, sent again when the portal repeats a command:
         # a result written to a socket whose worker stopped before reading it is otherwise lost.
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._run_id, self._attempts = secrets.token_hex(8), 0
         self._ws: ClientConnection | None = None
         self._send_lock = asyncio.Lock()
         self._pacer = SendPacer()
@@ -314,6 +316,11 @@ class Agent:
 
     # --- One connection ----------------------------------------------------------------------
 
+    def _next_attempt_id(self) -> str:
+        """`<run>.<n>`: this process's random run id and its n-th connection attempt."""
+        self._attempts += 1
+        return f"{self._run_id}.{self._attempts}"
+
     async def _connect_once(self) -> int | None:
         """Open the websocket and serve it until it closes; return the close code (None: no connection)."""
         url = rest.websocket_url(self.options.server)
@@ -322,7 +329,11 @@ class Agent:
         try:
             async with connect(
                 url,
-                additional_headers={"Authorization": f"Device {self.state.token}"},
+                additional_headers={
+                    "Authorization": f"Device {self.state.token}",
+                    # Lets the portal tell this attempt from an earlier one of ours it serves late.
+                    "Device-Connection": self._next_attempt_id(),
+                },
                 compression=None,
                 open_timeout=OPEN_TIMEOUT_SECONDS,
                 max_size=INCOMING_FRAME_LIMIT,

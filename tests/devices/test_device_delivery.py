@@ -163,3 +163,23 @@ async def test_it_turns_devices_away_while_too_many_handshakes_wait(registration
     await welcome.hello()
     assert consumers._handshakes_in_progress == 0  # every handshake gave its place back
     await welcome.close()
+
+
+def test_an_earlier_attempt_served_late_does_not_replace_the_later_connection(registration):
+    """In a storm a device gives up on a slow handshake and connects again; the first attempt,
+    served last, must not replace the second (the device would be told so and stop)."""
+    device = Device.objects.get(pk=registration.device.pk)
+
+    def connect(channel: str, attempt: str) -> services.Connected:
+        return services.device_connected(device=device, channel_name=channel, ip_address=None, attempt=attempt)
+
+    assert not connect("specific.a!second", "run1.2").superseded
+    earlier = connect("specific.a!first", "run1.1")
+    assert earlier.superseded and earlier.replaced_channel == ""
+    assert Device.objects.get(pk=device.pk).connection_channel == "specific.a!second"
+    # A later attempt replaces it, and says which connection it replaced; so does another run
+    # (the agent restarted, or a second agent with the same identity) and a client without an id.
+    assert connect("specific.a!third", "run1.3").replaced_channel == "specific.a!second"
+    assert connect("specific.a!restarted", "run2.1").replaced_channel == "specific.a!third"
+    assert connect("specific.a!old-client", "").replaced_channel == "specific.a!restarted"
+    assert connect("specific.a!garbled", "run2.x").replaced_channel == "specific.a!old-client"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -54,5 +56,29 @@ async def test_it_pushes_presence_and_command_status_to_the_tenants_browsers_onl
     offline = await acme_browser.receive_json_from(timeout=3)
     assert offline == {"kind": "device_presence", "device": registration.device.pk, "live": False}
     assert await globex_browser.receive_nothing(timeout=0.3)
+    await acme_browser.disconnect()
+    await globex_browser.disconnect()
+
+
+async def test_device_connects_and_disconnects_reach_browsers_batched_with_the_latest_state(acme, globex):
+    from devices import live
+
+    acme_browser = await _browser("acme", acme.auditor)
+    globex_browser = await _browser("globex", globex.owner)
+    live.presence_batch.loop = asyncio.get_running_loop()  # as the device consumers' flusher sets it
+    try:
+        for device_pk, is_live in ((1, True), (2, True), (1, False), (3, True)):
+            await sync_to_async(live.device_presence)(acme.tenant.pk, device_pk, is_live=is_live, batched=True)
+        assert await acme_browser.receive_nothing(timeout=0.2)  # waiting for the next flush
+        await live.presence_flush()
+        frames = [await acme_browser.receive_json_from(timeout=3) for _ in range(3)]
+        assert sorted((frame["device"], frame["live"]) for frame in frames) == [(1, False), (2, True), (3, True)]
+        assert all(frame["kind"] == "device_presence" for frame in frames)
+        assert await acme_browser.receive_nothing(timeout=0.2) and await globex_browser.receive_nothing(timeout=0.2)
+    finally:
+        live.presence_batch.loop = None
+    # With no flusher running, a change is sent at once.
+    await sync_to_async(live.device_presence)(acme.tenant.pk, 4, is_live=True, batched=True)
+    assert (await acme_browser.receive_json_from(timeout=3))["device"] == 4
     await acme_browser.disconnect()
     await globex_browser.disconnect()

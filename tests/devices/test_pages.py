@@ -319,11 +319,11 @@ def test_it_paginates_the_device_list_without_counting_it(acme, account, as_user
     client = as_user(acme.owner)
     first = client.get("/t/acme/devices/?size=25&os=")
     assert [d.name for d in first.context["devices"]][:2] == ["host-000", "host-001"]
-    assert first.context["has_next"] and len(first.context["devices"]) == 25
+    assert first.context["page"].has_next and len(first.context["devices"]) == 25
     assert 'data-testid="next-page"' in first.content.decode()
     third = client.get("/t/acme/devices/?size=25&page=3", headers=HTMX)
     assert [d.name for d in third.context["devices"]] == [f"host-{n:03d}" for n in range(50, 60)]
-    assert not third.context["has_next"] and third.templates[0].name == "devices/_device_table.html"
+    assert not third.context["page"].has_next and third.templates[0].name == "devices/_device_table.html"
     assert "page=2" in third.content.decode()
 
 
