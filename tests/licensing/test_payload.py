@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from licensing import payload as payload_format
 from licensing.schema import Booster, allowed_values
+from tests.licensing.test_allow_list import COMMANDS, JOBS
 
 text = st.text(alphabet=st.characters(codec="utf-8"), max_size=30)
 device = st.fixed_dictionaries(
@@ -40,25 +41,8 @@ PORTAL = {
             ],
             1,
         ),
-        "commands": dict.fromkeys(
-            [
-                "ping",
-                "run_backup",
-                "cancel_job",
-                "refresh_profile",
-                "update_software",
-                "uninstall",
-                "drop_connection",
-                "collect_logs",
-                "browse_files",
-                "restore",
-                "apply_retention",
-                "rotate_vault_key",
-                "list_snapshots",
-            ],
-            0,
-        ),
-        "jobs": dict.fromkeys(["backup", "restore", "retention", "verify"], 2),
+        "commands": dict.fromkeys(COMMANDS, 0),
+        "jobs": dict.fromkeys(JOBS, 2),
     },
 }
 
