@@ -47,17 +47,20 @@ def cases(slug: str) -> list[tuple[str, str]]:
 
 
 def cursor_cases(slug: str, tenant: Any) -> list[tuple[str, str]]:
-    """Page 500 as the pager's Next link reaches it: with the cursor of page 499's last row."""
+    """The deep pages as the pager's Next link reaches them: with the cursor of the previous page's
+    last row (page 500 of 100,000 devices; a smaller page of a smaller seed)."""
     from devices import selectors
     from portal import keyset
 
     base = f"/t/{slug}/devices/"
     found = []
-    for sort, label in (("name", "deep page 500"), ("-last_seen", "sort -last_seen, page 500")):
+    for sort, label in (("name", "deep page"), ("-last_seen", "sort -last_seen, page")):
         queryset = selectors.device_list(tenant=tenant, filters=selectors.DeviceFilters(sort=sort))
-        last_of_499 = queryset[499 * 50 - 1]
-        cursor = keyset.cursor_of(queryset, last_of_499)
-        found.append((f"devices: {label} through Next (cursor)", f"{base}?sort={sort}&page=500&after={cursor}"))
+        page = max(2, min(500, queryset.count() // 50))
+        cursor = keyset.cursor_of(queryset, queryset[(page - 1) * 50 - 1])
+        found.append(
+            (f"devices: {label} {page} through Next (cursor)", f"{base}?sort={sort}&page={page}&after={cursor}")
+        )
     return found
 
 
