@@ -81,34 +81,16 @@ class PageWithoutCount(BasePagination):
         keyset paging (portal/keyset.py), so following them costs the same at any depth; `page`
         alone still works, by offset."""
         self.request = request
-        page, size = self._page(request), self._page_size(request)
+        number, size = self._page(request), self._page_size(request)
         after, before = request.query_params.get("after", ""), request.query_params.get("before", "")
-        self.next_cursor = self.previous_cursor = ""
-        self.next_page: int | None
-        self.previous_page: int | None
-        if (after or before) and keyset.orderable(queryset):
-            try:
-                rows = keyset.page(queryset, after=after, before=before, limit=size + 1)
-            except keyset.InvalidCursor as error:
-                raise NotFound(str(error)) from None
-            if before:
-                more_before, rows = len(rows) > size, rows[-size:]
-                self.next_page, self.previous_page = page + 1, (page - 1 if more_before and page > 1 else None)
-            else:
-                self.next_page = page + 1 if len(rows) > size else None
-                self.previous_page = page - 1 if page > 1 else None
-                rows = rows[:size]
-        else:
-            rows = selectors.page_of(queryset, offset=(page - 1) * size, limit=size + 1)
-            if not rows and page > 1:
-                raise NotFound("Invalid page.")
-            self.next_page = page + 1 if len(rows) > size else None
-            self.previous_page = page - 1 if page > 1 else None
-            rows = rows[:size]
-        if rows and keyset.orderable(queryset):
-            self.next_cursor = keyset.cursor_of(queryset, rows[-1])
-            self.previous_cursor = keyset.cursor_of(queryset, rows[0])
-        return rows
+        try:
+            self.page = selectors.page_at(queryset, number=number, size=size, after=after, before=before)
+        except keyset.InvalidCursor as error:
+            raise NotFound(str(error)) from None
+        by_cursor = bool(after or before) and keyset.orderable(queryset)
+        if not self.page.rows and number > 1 and not by_cursor:
+            raise NotFound("Invalid page.")
+        return self.page.rows
 
     def _page(self, request: Request) -> int:
         try:
@@ -137,10 +119,13 @@ class PageWithoutCount(BasePagination):
         return replace_query_param(url, cursor[0], cursor[1]) if cursor and cursor[1] else url
 
     def get_paginated_response(self, data: Any) -> Response:
+        page = self.page
         return Response(
             {
-                "next": self._link(self.next_page, cursor=("after", self.next_cursor)),
-                "previous": self._link(self.previous_page, cursor=("before", self.previous_cursor)),
+                "next": self._link(page.number + 1 if page.has_next else None, cursor=("after", page.next_cursor)),
+                "previous": self._link(
+                    page.number - 1 if page.has_previous else None, cursor=("before", page.previous_cursor)
+                ),
                 "results": data,
             }
         )

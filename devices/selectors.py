@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.db import connection
 from django.db.models import Count, IntegerField, Model, OuterRef, Q, QuerySet, Subquery, Value
@@ -45,6 +45,50 @@ def page_of(queryset: QuerySet[ModelT], *, offset: int, limit: int) -> list[Mode
     ids = list(queryset.values_list("pk", flat=True)[offset : offset + limit])
     rows = {row.pk: row for row in queryset.order_by().filter(pk__in=ids)}
     return [rows[pk] for pk in ids if pk in rows]
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Any]
+    number: int
+    has_next: bool
+    has_previous: bool
+    # Cursors for the Next / Previous links, when the list's order allows keyset paging.
+    next_cursor: str = ""
+    previous_cursor: str = ""
+
+
+def page_at(queryset: QuerySet[Any], *, number: int, size: int, after: str = "", before: str = "") -> Page:
+    """Return page `number` of `size` rows and whether others follow or precede, never counting.
+
+    With a cursor (`after` / `before`, from a Next / Previous link) the page is read by keyset
+    (portal/keyset.py) and costs what page 1 costs at any depth; without one, by offset. Raises
+    keyset.InvalidCursor for a cursor that cannot be read: the caller decides what that means.
+    """
+    if (after or before) and keyset.orderable(queryset):
+        rows = keyset.page(queryset, after=after, before=before, limit=size + 1)
+        if before:
+            # Going back: the extra row read shows whether more precede; the page is the last `size`.
+            more_before, rows = len(rows) > size, rows[-size:]
+            return _with_cursors(queryset, rows, number, has_next=True, has_previous=more_before and number > 1)
+        return _with_cursors(queryset, rows[:size], number, has_next=len(rows) > size, has_previous=number > 1)
+    rows = page_of(queryset, offset=(number - 1) * size, limit=size + 1)
+    return _with_cursors(queryset, rows[:size], number, has_next=len(rows) > size, has_previous=number > 1)
+
+
+def _with_cursors(queryset: QuerySet[Any], rows: list[Any], number: int, *, has_next: bool, has_previous: bool) -> Page:
+    page = Page(rows, number, has_next=has_next, has_previous=has_previous)
+    if not rows or not keyset.orderable(queryset):
+        return page
+    # Page 1 needs no cursor: Previous from page 2 is the plain first page.
+    return Page(
+        rows,
+        number,
+        has_next=has_next,
+        has_previous=has_previous,
+        next_cursor=keyset.cursor_of(queryset, rows[-1]) if has_next else "",
+        previous_cursor=keyset.cursor_of(queryset, rows[0]) if has_previous and number > 2 else "",
+    )
 
 
 def account_list(*, tenant: Tenant, search: str = "") -> QuerySet[BackupAccount]:

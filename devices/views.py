@@ -8,7 +8,6 @@ partial routes here let a page fetch a fresh table when the socket tells it abou
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -70,52 +69,16 @@ def _page_number(request: TenantHttpRequest) -> int:
         return 1
 
 
-@dataclass(frozen=True)
-class Page:
-    rows: list[Any]
-    number: int
-    has_next: bool
-    # Cursors for the Next / Previous links, when the list's order allows keyset paging.
-    next_cursor: str = ""
-    previous_cursor: str = ""
-
-
-def _page_of(request: TenantHttpRequest, queryset: QuerySet[Any], size: int) -> Page:
-    """Return one page of rows and whether another follows, without counting the whole table.
-
-    Next and Previous carry a cursor (keyset paging): page 500 reached through them costs what
-    page 1 costs. A bare ?page=N (typed, bookmarked) still works, by offset; so does a cursor
-    that cannot be read, which falls back to the page number.
-    """
+def _page_of(request: TenantHttpRequest, queryset: QuerySet[Any], size: int) -> selectors.Page:
+    """One page of a list; a cursor that cannot be read falls back to the page number (a bare
+    ?page=N, typed or bookmarked, works too, by offset)."""
     number = _page_number(request)
-    after, before = request.GET.get("after", ""), request.GET.get("before", "")
-    rows: list[Any] | None = None
-    if (after or before) and keyset.orderable(queryset):
-        try:
-            rows = keyset.page(queryset, after=after, before=before, limit=size + 1)
-        except keyset.InvalidCursor:
-            rows = None
-        if before and rows is not None:
-            # Going back: the extra row read shows whether more precede; the page is the last `size`.
-            has_previous, rows = len(rows) > size, rows[-size:]
-            page = Page(rows, number, has_next=True)
-            return _with_cursors(page, queryset, has_previous=has_previous)
-    if rows is None:
-        rows = selectors.page_of(queryset, offset=(number - 1) * size, limit=size + 1)
-    page = Page(rows[:size], number, has_next=len(rows) > size)
-    return _with_cursors(page, queryset, has_previous=number > 1)
-
-
-def _with_cursors(page: Page, queryset: QuerySet[Any], *, has_previous: bool) -> Page:
-    if not page.rows or not keyset.orderable(queryset):
-        return page
-    return Page(
-        page.rows,
-        page.number,
-        page.has_next,
-        next_cursor=keyset.cursor_of(queryset, page.rows[-1]) if page.has_next else "",
-        previous_cursor=keyset.cursor_of(queryset, page.rows[0]) if has_previous and page.number > 2 else "",
-    )
+    try:
+        return selectors.page_at(
+            queryset, number=number, size=size, after=request.GET.get("after", ""), before=request.GET.get("before", "")
+        )
+    except keyset.InvalidCursor:
+        return selectors.page_at(queryset, number=number, size=size)
 
 
 def _query_without(request: TenantHttpRequest, *names: str) -> str:
