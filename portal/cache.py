@@ -11,6 +11,7 @@ thread-safe and start anew in a forked child.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any, ClassVar
 
@@ -22,11 +23,18 @@ class SharedPoolRedisCache(RedisCache):
     _clients: ClassVar[dict[str, RedisCacheClient]] = {}
     _clients_lock: ClassVar[threading.Lock] = threading.Lock()
 
+    def __init__(self, server: str, params: dict[str, Any]) -> None:
+        super().__init__(server, params)
+        self._shared_servers = re.split("[;,]", server) if isinstance(server, str) else server
+        self._shared_options = params.get("OPTIONS", {})
+        self._shared_key = repr((self._shared_servers, sorted(self._shared_options.items())))
+
     @cached_property
-    def _cache(self) -> Any:
-        key = repr((self._servers, sorted(self._options.items())))
+    def _cache(self) -> RedisCacheClient:
         with self._clients_lock:
-            client = self._clients.get(key)
+            client = self._clients.get(self._shared_key)
             if client is None:
-                client = self._clients[key] = self._class(self._servers, **self._options)
+                client = self._clients[self._shared_key] = RedisCacheClient(
+                    self._shared_servers, **self._shared_options
+                )
         return client
