@@ -21,7 +21,6 @@ from django.utils import timezone
 
 from devices import live, protocol, services
 from devices.ingest import buffer
-from devices.models import Device
 from tenants.net import client_ip
 
 logger = logging.getLogger(__name__)
@@ -124,17 +123,10 @@ MAX_HANDSHAKES_IN_PROGRESS = 64
 _handshakes_in_progress = 0
 
 
-def _authenticate_and_connect(
-    *, token: str, channel_name: str, ip_address: str | None, attempt: str
-) -> tuple[Device, services.Connected] | None:
-    """Check the token and record the connection in one trip to the database thread pool."""
-    device = services.device_authenticate(token=token)
-    if device is None:
-        return None
-    connected = services.device_connected(
-        device=device, channel_name=channel_name, ip_address=ip_address, attempt=attempt
-    )
-    return device, connected
+def _hello_and_take_commands(*, device_pk: int, hello: dict[str, Any]) -> list[dict[str, Any]]:
+    """Store the hello and take the commands that waited for the device: one trip to the thread pool."""
+    services.device_hello(device_pk=device_pk, hello=hello)
+    return services.commands_take_for_delivery(device_pk=device_pk, reconnected=True)
 
 
 class DeviceConsumer(AsyncWebsocketConsumer):
@@ -167,7 +159,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         ip_address = client_ip(client[0], _header(self.scope, b"x-forwarded-for") or None)
         _handshakes_in_progress += 1
         try:
-            found = await _database(_authenticate_and_connect)(
+            connected = await _database(services.device_connect)(
                 token=_token_from(self.scope),
                 channel_name=self.channel_name,
                 ip_address=ip_address,
@@ -175,18 +167,17 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             )
         finally:
             _handshakes_in_progress -= 1
-        if found is None:
+        if connected is None:
             # Accept first: a close code can only be sent on an open websocket.
             await self.accept(subprotocol)
             await self.close(code=protocol.CLOSE_UNAUTHENTICATED)
             return
-        device, connected = found
         if connected.superseded:
             # A later attempt of this device is live: this earlier one, served late, is the one replaced.
             await self.accept(subprotocol)
             await self.close(code=protocol.CLOSE_REPLACED)
             return
-        self.device_pk, self.tenant_id, self.device_id = connected.device_pk, connected.tenant_id, device.device_id
+        self.device_pk, self.tenant_id, self.device_id = connected.device_pk, connected.tenant_id, connected.device_id
         self.authenticated = True
         buffer.forget(self.device_pk)  # the first status of a new connection is always written
         if connected.replaced_channel:
@@ -243,7 +234,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         buffer.mark_seen(self.device_pk, timezone.now())
 
     async def _on_hello(self, message: dict[str, Any]) -> None:
-        await _database(services.device_hello)(device_pk=self.device_pk, hello=message)
+        frames = await _database(_hello_and_take_commands)(device_pk=self.device_pk, hello=message)
         await self._send(
             {
                 "type": "welcome",
@@ -252,7 +243,8 @@ class DeviceConsumer(AsyncWebsocketConsumer):
                 "server_time": timezone.now().isoformat(),
             }
         )
-        await self.deliver_commands(reconnected=True)
+        for frame in frames:
+            await self.send(text_data=json.dumps(frame))
 
     async def _on_status(self, message: dict[str, Any]) -> None:
         buffer.set_status(self.device_pk, self.tenant_id, message)

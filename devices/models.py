@@ -66,7 +66,7 @@ class Device(models.Model):
     connection_channel = models.CharField(max_length=200, blank=True)
     # The live connection's attempt id ("<run>.<n>", from the Device-Connection header): a device
     # that gave up on a slow handshake has connected again since; when the earlier attempt is
-    # served last it must not replace the later one (see devices.services.device_connected).
+    # served last it must not replace the later one (see devices.services.device_connect).
     connection_attempt = models.CharField(max_length=80, blank=True, default="", db_default="")  # raw loaders omit it
     # Device-side consent flags sent in `hello`, e.g. {"allow_browse": true}.
     consents = models.JSONField(default=dict, blank=True)

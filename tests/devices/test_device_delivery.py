@@ -171,7 +171,11 @@ def test_an_earlier_attempt_served_late_does_not_replace_the_later_connection(re
     device = Device.objects.get(pk=registration.device.pk)
 
     def connect(channel: str, attempt: str) -> services.Connected:
-        return services.device_connected(device=device, channel_name=channel, ip_address=None, attempt=attempt)
+        connected = services.device_connect(
+            token=registration.token, channel_name=channel, ip_address=None, attempt=attempt
+        )
+        assert connected is not None
+        return connected
 
     assert not connect("specific.a!second", "run1.2").superseded
     earlier = connect("specific.a!first", "run1.1")

@@ -51,6 +51,24 @@ async def test_it_closes_unauthenticated_sockets_with_4001(token, registration, 
     assert await socket.receive_close_code() == 4001
 
 
+@pytest.mark.parametrize("suspended", ["account", "tenant"])
+async def test_it_refuses_a_device_whose_account_or_tenant_is_suspended(suspended, registration, device_socket):
+    def suspend() -> None:
+        device = Device.objects.select_related("account", "tenant").get(pk=registration.device.pk)
+        if suspended == "account":
+            device.account.is_suspended = True
+            device.account.save(update_fields=["is_suspended"])
+        else:
+            device.tenant.status = device.tenant.Status.SUSPENDED
+            device.tenant.save(update_fields=["status"])
+
+    await db(suspend)()
+    socket = device_socket(registration.token)
+    await socket.connect()
+    assert await socket.receive_close_code() == 4001
+    assert not (await db(_device)(registration)).is_live
+
+
 async def test_it_closes_the_old_connection_when_the_device_reconnects(registration, device_socket):
     first = device_socket(registration.token)
     await first.connect()
