@@ -177,13 +177,15 @@ def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> 
 
 def device_get(*, tenant: Tenant, device_pk: int) -> Device:
     try:
-        return (
+        device = (
             Device.objects.select_related("account")
             .defer(*_DEVICE_ACCOUNT_HEAVY_FIELDS)
             .get(tenant=tenant, pk=device_pk, account__erasure_pending=False)
         )
     except (Device.DoesNotExist, ValueError):
         raise Http404 from None
+    device.tenant = tenant  # the one it was looked up in: no query when a service reads device.tenant
+    return device
 
 
 def devices_for_bulk(*, tenant: Tenant, device_pks: list[int] | None = None, account_id: int | None = None):
