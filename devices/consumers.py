@@ -96,8 +96,7 @@ async def _sweep_undelivered() -> None:
             consumer = _LIVE.get(channel)
             # Gone since: its commands are marked delivered, and go again when the device reconnects.
             if consumer is not None and consumer.authenticated:
-                for frame in frames:
-                    await consumer.send(text_data=json.dumps(frame))
+                await consumer.send_frames(frames)
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -243,8 +242,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
                 "server_time": timezone.now().isoformat(),
             }
         )
-        for frame in frames:
-            await self.send(text_data=json.dumps(frame))
+        await self.send_frames(frames)
 
     async def _on_status(self, message: dict[str, Any]) -> None:
         buffer.set_status(self.device_pk, self.tenant_id, message)
@@ -307,8 +305,10 @@ class DeviceConsumer(AsyncWebsocketConsumer):
 
     # --- Helpers ----------------------------------------------------------------------------
 
-    async def deliver_commands(self, *, reconnected: bool = False) -> None:
-        frames = await _database(services.commands_take_for_delivery)(device_pk=self.device_pk, reconnected=reconnected)
+    async def deliver_commands(self) -> None:
+        await self.send_frames(await _database(services.commands_take_for_delivery)(device_pk=self.device_pk))
+
+    async def send_frames(self, frames: list[dict[str, Any]]) -> None:
         for frame in frames:
             await self.send(text_data=json.dumps(frame))
 

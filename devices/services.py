@@ -263,7 +263,10 @@ def device_register(
 
 
 def device_authenticate(*, token: str) -> Device | None:
-    """Return the live (not revoked) device holding this token, or None."""
+    """Return the live (not revoked) device holding this token, or None.
+
+    The websocket checks the same rules in device_connect's SQL: change them in both.
+    """
     if not token:
         return None
     device = (
