@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import random
 import struct
@@ -504,8 +505,11 @@ class Fleet:
             self.pending -= 1
         device.counted = True
         self.ready += 1
-        if self.storm is not None:
-            self.storm["reconnected"] += 1
+        storm = self.storm
+        if storm is not None and device.index in storm["members"]:
+            storm["reconnected"] += 1
+            storm["up"] += 1
+            storm["back_at"][device.index] = time.monotonic() - storm["started"]
         self.ready_times.append(time.monotonic() - device.attempt_started)
         self.check_progress()
 
@@ -519,6 +523,10 @@ class Fleet:
         if device.counted:
             device.counted = False
             self.ready -= 1
+            storm = self.storm
+            if storm is not None and device.index in storm["members"]:
+                storm["up"] -= 1
+                storm["dropped"].add(device.index)
         self.closes[str(code if code is not None else 1006)] += 1
         if device.timer is not None:
             device.timer.cancel()
@@ -567,34 +575,56 @@ class Fleet:
                 stopped=sum(1 for device in self.devices if device.stopped),
                 seconds=round(time.monotonic() - self.reached_started, 2),
             )
-        if self.storm is not None:
-            storm = self.storm
-            fraction = storm["reconnected"] / max(1, storm["devices"])
-            for mark in (0.5, 0.9, 0.99, 1.0):
-                key = f"t{int(mark * 100)}_s"
-                if key not in storm and fraction >= mark:
-                    storm[key] = round(time.monotonic() - storm["started"], 2)
-            if "t100_s" in storm:
-                storm_figures, self.storm = storm, None
-                storm_figures.pop("started")
-                storm_figures["stats"] = dict(self.stats - storm_figures.pop("stats_before"))
-                self.emit("storm_done", **storm_figures)
+        storm = self.storm
+        if storm is not None:
+            members = len(storm["members"])
+            elapsed = time.monotonic() - storm["started"]
+            if storm["window"]:
+                # Something else may cut the devices, or not: done once the window is over and
+                # every device is up, whether it was cut or not.
+                finished = elapsed >= storm["window"] and storm["up"] >= members
+            else:
+                finished = len(storm["dropped"]) >= members and storm["up"] >= members
+            if finished:
+                self.storm = None
+                # A device that was never cut counts as back at once.
+                back_at, dropped = storm["back_at"], storm["dropped"]
+                back = sorted(back_at[index] if index in dropped else 0.0 for index in storm["members"])
+                figures: dict[str, Any] = {
+                    "devices": members,
+                    "dropped": len(storm["dropped"]),
+                    "reconnected": storm["reconnected"],
+                    "mode": storm["mode"],
+                    "stats": dict(self.stats - storm["stats_before"]),
+                }
+                for mark in (0.5, 0.9, 0.99, 1.0):
+                    at = back[max(0, math.ceil(mark * members) - 1)] if back else 0.0
+                    figures[f"t{int(mark * 100)}_s"] = round(at, 2)
+                self.emit("storm_done", **figures)
 
     # --- Storm ------------------------------------------------------------------------------
 
-    def start_storm(self, drop: bool = True) -> None:
+    def start_storm(self, drop: bool = True, window: float = 0.0) -> None:
         """Track how fast the ready devices come back; with `drop`, cut every connection first.
 
-        Without `drop` (`watch`), something else cuts them: a server restart, say.
+        Without `drop` (`watch`), something else cuts them: a server restart, say, which cuts every
+        one. With a `window` (seconds), something may cut only some, or none (a Redis restart):
+        the storm is over once the window has passed and every device is up.
         """
         live = [device for device in self.devices if device.state == READY]
         self.storm = {
-            "devices": len(live),
+            "members": {device.index for device in live},
+            "up": len(live),
+            "dropped": set(),
+            "back_at": {},
             "reconnected": 0,
+            "window": window,
             "started": time.monotonic(),
             "stats_before": Counter(self.stats),
             "mode": "drop" if drop else "watch",
         }
+        if window:
+            asyncio.get_running_loop().call_later(window, self.check_progress)
         if drop:
             for device in live:
                 if device.transport is not None:
@@ -712,12 +742,13 @@ class Fleet:
             elif command == "storm":
                 self.start_storm()
             elif command == "watch":
-                self.start_storm(drop=False)
+                self.start_storm(drop=False, window=float(words[1]) if len(words) > 1 else 0.0)
             elif command == "storm_report":
                 storm = self.storm or {}
                 self.emit(
                     "storm_progress",
-                    devices=storm.get("devices"),
+                    devices=len(storm.get("members", ())),
+                    dropped=len(storm.get("dropped", ())),
                     reconnected=storm.get("reconnected"),
                     ready=self.ready,
                     pending=self.pending,

@@ -35,6 +35,9 @@ from typing import Any
 import common
 import harness
 
+# In mode redis, how long after Redis is back the fleet is watched for devices that dropped.
+REDIS_WATCH_EXTRA_SECONDS = 15.0
+
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cpu = common.CpuWindow(fleet.server_pids)
         elif args.mode == "redis":
             assert own_redis is not None
-            shards.send("watch")
+            # The workers may keep their devices through a Redis restart: watch for a while.
+            shards.send(f"watch {args.redis_down + REDIS_WATCH_EXTRA_SECONDS}")
             shards.wait("storm_started", timeout=30)
             own_redis.stop()
             cpu = common.CpuWindow(fleet.server_pids)

@@ -1,10 +1,22 @@
-"""The device websocket (docs/protocol.md). Thin: authenticate, validate each frame against a small
-schema, call one service (off the event loop), reply. Heartbeats and status reports are coalesced
-in devices.ingest instead of written one by one."""
+"""The device websocket (docs/protocol.md), as a plain ASGI application.
+
+Thin: authenticate, validate each frame against a small schema, call one service (off the event
+loop), reply. Heartbeats and status reports are coalesced in devices.ingest instead of written one
+by one.
+
+Not a Channels consumer. A consumer gives every connection a channel of its own and a task that
+waits on it, and every frame a new task and an `asyncio.wait` over both; with thousands of mostly
+idle devices a process paid for those per connection and per heartbeat. Here each process has one
+channel (`DeviceHub`) read by one task, which hands each message to the connections it names; a
+connection is one loop over the frames of its socket. A device's connection name, stored as
+`Device.connection_channel`, is the process channel, `#`, and a number (devices.live routes by it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import time
@@ -12,11 +24,10 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection
+from django.db import connection as db_connection
 from django.utils import timezone
 
 from devices import live, protocol, services
@@ -24,6 +35,9 @@ from devices.ingest import buffer
 from tenants.net import client_ip
 
 logger = logging.getLogger(__name__)
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def _database(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -34,29 +48,126 @@ def _database(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     worker three database calls). SQLite (the embedded default) keeps the one thread, where its
     writers queue anyway.
     """
-    return database_sync_to_async(function, thread_sensitive=connection.vendor != "postgresql")
-
-
-# Live consumers of this process, for the heartbeat watchdog (one task per process, not per device).
-_LIVE: dict[str, DeviceConsumer] = {}
-_process_tasks: dict[asyncio.AbstractEventLoop, list[asyncio.Task[None]]] = {}
+    return database_sync_to_async(function, thread_sensitive=db_connection.vendor != "postgresql")
 
 
 def _heartbeat_interval() -> float:
     return float(getattr(settings, "DEVICE_HEARTBEAT_INTERVAL", 30))
 
 
-async def _watch_heartbeats() -> None:
-    while True:
-        interval = _heartbeat_interval()
-        await asyncio.sleep(interval / 2)
-        deadline = time.monotonic() - protocol.MISSED_HEARTBEATS * interval
-        for consumer in [consumer for consumer in _LIVE.values() if consumer.last_message_at < deadline]:
-            await consumer.close(code=protocol.CLOSE_HEARTBEAT_TIMEOUT)
-
-
 # How often each process sends its devices' batched presence changes to browsers.
 PRESENCE_FLUSH_SECONDS = 0.5
+# How often each process looks for queued commands of its own live devices that no push reached.
+UNDELIVERED_SWEEP_SECONDS = 2.0
+# Seconds the hub waits before reading its channel again after the layer failed (Redis away).
+LAYER_RETRY_SECONDS = 1.0
+
+
+class DeviceHub:
+    """One process's device connections, its channel, and the tasks that serve them all."""
+
+    def __init__(self, layer: Any, channel: str) -> None:
+        self.layer, self.channel = layer, channel
+        self.connections: dict[str, DeviceConnection] = {}
+        self._numbers = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        # Handlers of layer messages in flight; kept so that they are not collected while they run.
+        self._handling: set[asyncio.Task[None]] = set()
+
+    def connection_name(self) -> str:
+        return f"{self.channel}{live.CONNECTION_SEPARATOR}{next(self._numbers)}"
+
+    def ensure_running(self) -> None:
+        """Start the process's tasks, or start again the ones that ended."""
+        if self._tasks and not any(task.done() for task in self._tasks):
+            return
+        for task in self._tasks:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(coroutine)
+            for coroutine in (
+                self._read(),
+                self._wake_reader_when_cancelled(),
+                self._watch_heartbeats(),
+                self._sweep_undelivered(),
+                _flush_presence(),
+            )
+        ]
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except Exception:  # Redis away: pushes are hints, the sweep delivers what they miss
+                _end_if_cancelled()
+                logger.warning("Reading the device channel %s failed; trying again", self.channel, exc_info=True)
+                await asyncio.sleep(LAYER_RETRY_SECONDS)
+                continue
+            _end_if_cancelled()
+            for name in message.get("connections", ()):
+                connection = self.connections.get(name)
+                if connection is not None:
+                    task = asyncio.get_running_loop().create_task(connection.handle_event(message))
+                    self._handling.add(task)
+                    task.add_done_callback(self._handling.discard)
+
+    async def _wake_reader_when_cancelled(self) -> None:
+        """When the process stops, send the reader a message, so that its read returns and it sees
+        that it was cancelled (see _end_if_cancelled)."""
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.layer.send(self.channel, {"type": "device.hub.stop"}), timeout=2)
+            raise
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            interval = _heartbeat_interval()
+            await asyncio.sleep(interval / 2)
+            deadline = time.monotonic() - protocol.MISSED_HEARTBEATS * interval
+            for connection in [c for c in self.connections.values() if c.last_message_at < deadline]:
+                await connection.close(protocol.CLOSE_HEARTBEAT_TIMEOUT)
+
+    async def _sweep_undelivered(self) -> None:
+        """Deliver commands whose push was lost.
+
+        A push through the channel layer is only a hint: Redis may be down, or the process's
+        channel may be full. The command row is what counts, so each process checks, with one
+        indexed query for all its live devices, whether any of them has a queued command that has
+        waited more than a sweep.
+        """
+        while True:
+            await asyncio.sleep(UNDELIVERED_SWEEP_SECONDS)
+            if not self.connections:
+                continue
+            try:
+                frames_by_name = await _database(services.commands_take_queued_of_worker)(
+                    channel_prefix=self.channel + live.CONNECTION_SEPARATOR,
+                    queued_before=timezone.now() - timedelta(seconds=UNDELIVERED_SWEEP_SECONDS),
+                )
+            except Exception:  # the database is away: the next sweep tries again
+                logger.exception("Taking undelivered commands failed")
+                continue
+            for name, frames in frames_by_name.items():
+                connection = self.connections.get(name)
+                # Gone since: its commands are marked delivered, and go again when the device reconnects.
+                if connection is not None and connection.authenticated:
+                    await connection.send_frames(frames)
+
+
+def _end_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled.
+
+    Seen with channels-redis 4.3 and redis-py 8.1: a reader cancelled while the layer waits in
+    BZPOPMIN does not end; the cancellation is lost inside the client, which reads again (and the
+    layer reads until a message comes), so the event loop of a stopping server or test never
+    closed. The reader checks after every read, and a sibling task sends it a message when it is
+    cancelled too (DeviceHub._wake_reader_when_cancelled)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _flush_presence() -> None:
@@ -66,37 +177,21 @@ async def _flush_presence() -> None:
         await live.presence_flush()
 
 
-# How often each process looks for queued commands of its own live devices that no push reached.
-UNDELIVERED_SWEEP_SECONDS = 2.0
+_hubs: dict[asyncio.AbstractEventLoop, DeviceHub] = {}
 
 
-async def _sweep_undelivered() -> None:
-    """Deliver commands whose push was lost.
-
-    A push through the channel layer is only a hint: Redis may be down, or the process's channel
-    may be full (channels-redis keeps one capacity for all the consumers of a process). The
-    command row is what counts, so each process checks, with one indexed query for all its live
-    devices, whether any of them has a queued command that has waited more than a sweep.
-    """
-    while True:
-        await asyncio.sleep(UNDELIVERED_SWEEP_SECONDS)
-        consumer = next(iter(_LIVE.values()), None)
-        if consumer is None:
-            continue
-        # Every channel of this process starts with the same prefix (channels-redis: one per process).
-        prefix = consumer.channel_name.split("!", 1)[0] + "!"
-        try:
-            frames_by_channel = await _database(services.commands_take_queued_of_worker)(
-                channel_prefix=prefix, queued_before=timezone.now() - timedelta(seconds=UNDELIVERED_SWEEP_SECONDS)
-            )
-        except Exception:  # the database is away: the next sweep tries again
-            logger.exception("Taking undelivered commands failed")
-            continue
-        for channel, frames in frames_by_channel.items():
-            consumer = _LIVE.get(channel)
-            # Gone since: its commands are marked delivered, and go again when the device reconnects.
-            if consumer is not None and consumer.authenticated:
-                await consumer.send_frames(frames)
+async def _hub() -> DeviceHub:
+    """This event loop's hub (a server process has one loop; tests start a loop per test)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        for old_loop in [old for old in _hubs if old.is_closed()]:
+            del _hubs[old_loop]
+        hub = _hubs.setdefault(loop, DeviceHub(layer, channel))
+    hub.ensure_running()
+    return hub
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -128,106 +223,130 @@ def _hello_and_take_commands(*, device_pk: int, hello: dict[str, Any]) -> list[d
     return services.commands_take_for_delivery(device_pk=device_pk, reconnected=True)
 
 
-class DeviceConsumer(AsyncWebsocketConsumer):
+class DeviceConnection:
+    """One device's websocket. Frames are handled one at a time, in order, and so are the layer's
+    messages for it (the lock): a device's answers come in the order of its frames."""
+
     # Set once the token is checked; False again when a newer connection replaces this one.
     authenticated = False
+    closed = False
     device_pk = 0
     tenant_id = 0
+    device_id = ""
+    name = ""
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels calls aclose_old_connections() before every handler: a hop into the database
-        # thread for every frame, heartbeats included, which capped a process at a few thousand
-        # frames a second. This consumer needs none of it: every database call here goes through
-        # _database (database_sync_to_async), which closes stale connections around the call itself.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+    def __init__(self, scope: dict[str, Any], send: Send) -> None:
+        self.scope, self._send_message = scope, send
+        self.lock = asyncio.Lock()
+        self.last_message_at = time.monotonic()
 
-    async def connect(self) -> None:
+    async def run(self, receive: Receive) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        try:
+            async with self.lock:  # a message for this connection waits until it is connected
+                await self._connect()
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    async with self.lock:
+                        await self._receive(message.get("text"), message.get("bytes"))
+                elif message["type"] == "websocket.disconnect":
+                    return
+        finally:
+            await self._disconnected()
+
+    async def _connect(self) -> None:
         global _handshakes_in_progress
-        subprotocol = protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in self.scope.get("subprotocols", []) else None
+        offered = self.scope.get("subprotocols", [])
+        self.subprotocol = protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None
         if _handshakes_in_progress >= MAX_HANDSHAKES_IN_PROGRESS:
             # A reconnect storm: turn the device away at once, so that it backs off and comes back,
             # rather than queueing its handshake behind thousands whose devices time out meanwhile
             # (measured: without this limit 10,000 reconnecting devices never got back).
-            await self.accept(subprotocol)
-            await self.close(code=protocol.CLOSE_TRY_AGAIN_LATER)
+            await self._refuse(protocol.CLOSE_TRY_AGAIN_LATER)
             return
+        hub = await _hub()
+        self.name = hub.connection_name()
+        # Known to the hub before the database names it: a message for it is never missed.
+        hub.connections[self.name] = self
         client = self.scope.get("client") or (None, None)
         ip_address = client_ip(client[0], _header(self.scope, b"x-forwarded-for") or None)
         _handshakes_in_progress += 1
         try:
             connected = await _database(services.device_connect)(
                 token=_token_from(self.scope),
-                channel_name=self.channel_name,
+                channel_name=self.name,
                 ip_address=ip_address,
                 attempt=_header(self.scope, b"device-connection"),
             )
         finally:
             _handshakes_in_progress -= 1
         if connected is None:
-            # Accept first: a close code can only be sent on an open websocket.
-            await self.accept(subprotocol)
-            await self.close(code=protocol.CLOSE_UNAUTHENTICATED)
+            await self._refuse(protocol.CLOSE_UNAUTHENTICATED)
             return
         if connected.superseded:
             # A later attempt of this device is live: this earlier one, served late, is the one replaced.
-            await self.accept(subprotocol)
-            await self.close(code=protocol.CLOSE_REPLACED)
+            await self._refuse(protocol.CLOSE_REPLACED)
             return
         self.device_pk, self.tenant_id, self.device_id = connected.device_pk, connected.tenant_id, connected.device_id
         self.authenticated = True
         buffer.forget(self.device_pk)  # the first status of a new connection is always written
         if connected.replaced_channel:
-            await self.channel_layer.send(connected.replaced_channel, {"type": "device.replaced"})
+            await live.send_to_device_channels_async([connected.replaced_channel], {"type": "device.replaced"})
         self.limiter = protocol.RateLimiter()
         self.bad_messages = 0
         self.last_message_at = time.monotonic()
-        await self.accept(subprotocol)
-        _LIVE[self.channel_name] = self
-        loop = asyncio.get_running_loop()
-        tasks = _process_tasks.get(loop)
-        if not tasks or any(task.done() for task in tasks):
-            for task in tasks or []:
-                task.cancel()
-            _process_tasks[loop] = [
-                loop.create_task(_watch_heartbeats()),
-                loop.create_task(_sweep_undelivered()),
-                loop.create_task(_flush_presence()),
-            ]
+        await self._send_message({"type": "websocket.accept", "subprotocol": self.subprotocol})
 
-    async def disconnect(self, code: int) -> None:
-        _LIVE.pop(self.channel_name, None)
+    async def _refuse(self, code: int) -> None:
+        # Accept first: a close code can only be sent on an open websocket.
+        await self._send_message({"type": "websocket.accept", "subprotocol": self.subprotocol})
+        await self.close(code)
+
+    async def close(self, code: int) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._send_message({"type": "websocket.close", "code": code})
+
+    async def _disconnected(self) -> None:
+        hub = _hubs.get(asyncio.get_running_loop())
+        if hub is not None and hub.connections.get(self.name) is self:
+            del hub.connections[self.name]
         if self.authenticated:
+            self.authenticated = False
             await _database(services.device_disconnected)(
-                device_pk=self.device_pk, tenant_id=self.tenant_id, channel_name=self.channel_name
+                device_pk=self.device_pk, tenant_id=self.tenant_id, channel_name=self.name
             )
 
     # --- Frames from the device -------------------------------------------------------------
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.authenticated:
+    async def _receive(self, text: str | None, data: bytes | None) -> None:
+        if not self.authenticated or self.closed:
             return
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        # Four bytes a character at most: only a long frame needs encoding to be measured.
+        if text is not None and len(text) * 4 > protocol.MAX_FRAME_BYTES:
+            size = len(text.encode())
+        else:
+            size = len(text) if text is not None else len(data or b"")
         if size > protocol.MAX_FRAME_BYTES:
-            await self.close(code=protocol.CLOSE_FRAME_TOO_LARGE)
+            await self.close(protocol.CLOSE_FRAME_TOO_LARGE)
             return
         self.last_message_at = time.monotonic()
         if not self.limiter.allow():
             if self.limiter.exhausted:
-                await self.close(code=protocol.CLOSE_RATE_LIMITED)
+                await self.close(protocol.CLOSE_RATE_LIMITED)
             else:
                 await self._error("rate_limited", "Too many messages; this one was dropped.")
             return
         try:
-            message = protocol.parse(text_data)
-            handler = self._handlers[message["type"]]
-            await handler(self, message)
+            message = protocol.parse(text)
+            await self._handlers[message["type"]](self, message)
         except protocol.ProtocolError as error:
             self.bad_messages += 1
             if self.bad_messages > protocol.MAX_BAD_MESSAGES:
-                await self.close(code=protocol.CLOSE_PROTOCOL_ERROR)
+                await self.close(protocol.CLOSE_PROTOCOL_ERROR)
                 return
             await self._error(error.code, error.message, error.in_reply_to)
         buffer.mark_seen(self.device_pk, timezone.now())
@@ -280,7 +399,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         if job is None:
             raise protocol.ProtocolError("unknown_job", "No job with this id.", message["type"])
 
-    _handlers: dict[str, Callable[[DeviceConsumer, dict[str, Any]], Awaitable[None]]] = {
+    _handlers: dict[str, Callable[[DeviceConnection, dict[str, Any]], Awaitable[None]]] = {
         "hello": _on_hello,
         "status": _on_status,
         "heartbeat": _on_heartbeat,
@@ -291,32 +410,38 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         "job_finished": _on_job_finished,
     }
 
-    # --- Messages from the channel layer ----------------------------------------------------
+    # --- Messages from the channel layer (DeviceHub) ----------------------------------------
 
-    async def device_commands(self, event: dict[str, Any]) -> None:
-        await self.deliver_commands()
-
-    async def device_replaced(self, event: dict[str, Any]) -> None:
-        self.authenticated = False  # the newer connection owns the device's state now
-        await self.close(code=protocol.CLOSE_REPLACED)
-
-    async def device_revoked(self, event: dict[str, Any]) -> None:
-        await self.close(code=protocol.CLOSE_REVOKED)
+    async def handle_event(self, event: dict[str, Any]) -> None:
+        async with self.lock:
+            if self.closed:
+                return
+            if event["type"] == "device.commands":
+                if self.authenticated:
+                    take = _database(services.commands_take_for_delivery)
+                    await self.send_frames(await take(device_pk=self.device_pk))
+            elif event["type"] == "device.replaced":
+                self.authenticated = False  # the newer connection owns the device's state now
+                await self.close(protocol.CLOSE_REPLACED)
+            elif event["type"] == "device.revoked":
+                await self.close(protocol.CLOSE_REVOKED)
 
     # --- Helpers ----------------------------------------------------------------------------
 
-    async def deliver_commands(self) -> None:
-        await self.send_frames(await _database(services.commands_take_for_delivery)(device_pk=self.device_pk))
-
     async def send_frames(self, frames: list[dict[str, Any]]) -> None:
         for frame in frames:
-            await self.send(text_data=json.dumps(frame))
+            await self._send_message({"type": "websocket.send", "text": json.dumps(frame)})
 
     async def _send(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps({"v": protocol.VERSION, **frame}))
+        await self._send_message({"type": "websocket.send", "text": json.dumps({"v": protocol.VERSION, **frame})})
 
     async def _error(self, code: str, message: str, in_reply_to: str | None = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if in_reply_to:
             frame["in_reply_to"] = in_reply_to
         await self._send(frame)
+
+
+async def device_socket(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The ASGI application of `/ws/device/`."""
+    await DeviceConnection(scope, send).run(receive)

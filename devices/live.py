@@ -24,31 +24,51 @@ def devices_group_name(tenant_id: int) -> str:
     return f"tenant.{tenant_id}.devices"
 
 
+# A device's connection name is its process's channel, this, and a number (devices.consumers).
+CONNECTION_SEPARATOR = "#"
+# Connections named in one layer message at most.
+CONNECTIONS_PER_MESSAGE = 500
+
+
 def send_to_device_channel(channel: str, message: dict[str, Any]) -> None:
     send_to_device_channels([channel], message)
 
 
 def send_to_device_channels(channels: list[str], message: dict[str, Any]) -> None:
+    if channels:
+        async_to_sync(send_to_device_channels_async)(channels, message)
+
+
+async def send_to_device_channels_async(channels: list[str], message: dict[str, Any]) -> None:
+    """Send `message` to device connections: one layer message per process, naming its connections.
+
+    Failures are logged, not raised: the worker's sweep delivers the commands within seconds, and
+    a device collects them anyway when it (re)connects.
+    """
     layer = get_channel_layer()
     if layer is None or not channels:
         return
-
-    # At most this many sends in flight: a bulk command to 10,000 devices sent all at once ran
-    # the layer out of Redis connections (MaxConnectionsError) for 99 % of them.
+    by_process: dict[str, list[str]] = {}
+    for name in channels:
+        process, separator, _ = name.rpartition(CONNECTION_SEPARATOR)
+        by_process.setdefault(process if separator else name, []).append(name)
+    messages = [
+        (process, {**message, "connections": names[start : start + CONNECTIONS_PER_MESSAGE]})
+        for process, names in by_process.items()
+        for start in range(0, len(names), CONNECTIONS_PER_MESSAGE)
+    ]
+    # At most this many sends in flight: 10,000 sends at once ran the layer out of Redis
+    # connections (MaxConnectionsError) for 99 % of them.
     in_flight = asyncio.Semaphore(PUSHES_IN_FLIGHT)
 
-    async def send_one(channel: str) -> None:
+    async def send_one(process: str, batch: dict[str, Any]) -> None:
         async with in_flight:
-            await layer.send(channel, message)
+            await layer.send(process, batch)
 
-    async def send_all() -> list[Any]:
-        return await asyncio.gather(*(send_one(channel) for channel in channels), return_exceptions=True)
-
-    failures = [result for result in async_to_sync(send_all)() if isinstance(result, BaseException)]
+    results = await asyncio.gather(*(send_one(*pair) for pair in messages), return_exceptions=True)
+    failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
-        # The worker's sweep delivers the commands within seconds, and a device collects them anyway
-        # when it (re)connects.
-        logger.warning("%d of %d pushes to devices failed: %r", len(failures), len(channels), failures[0])
+        logger.warning("%d of %d pushes to devices failed: %r", len(failures), len(messages), failures[0])
 
 
 def _to_browsers(tenant_id: int, event: dict[str, Any]) -> None:

@@ -166,16 +166,22 @@ if REDIS_URL:
             # timeout equals it and consumers die with TimeoutError (channels_redis#422).
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
-                # channels-redis counts this capacity per process, not per consumer: every consumer
-                # of a worker shares one Redis key. At the default 100 a bulk command to a few
-                # thousand devices, or a busy second, made pushes fail with ChannelFull. Pushes are
-                # small hints; a lost one is caught by the worker's undelivered-command sweep.
+                # Every device connection of a worker shares one channel (devices.consumers). At
+                # the default 100 a bulk command to a few thousand devices, or a busy second, made
+                # pushes fail with ChannelFull. Pushes are small hints; a lost one is caught by the
+                # worker's undelivered-command sweep.
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 20000),
             },
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # The same capacity as above: every device connection of the process shares one channel.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": env_int("CHANNEL_LAYER_CAPACITY", 20000)},
+        }
+    }
 
 # --- Celery ---------------------------------------------------------------------------------
 

@@ -6,14 +6,15 @@ the session middleware and the Origin check; browser sockets get both.
 
 from django.urls import path
 
-from devices.consumers import DeviceConsumer
+from devices.consumers import device_socket
 from devices.consumers_browser import FleetLiveConsumer
 from tenants.consumers import TenantLiveConsumer
 
 DEVICE_PREFIX = "/ws/device/"
 
 device_websocket_urlpatterns = [
-    path("ws/device/", DeviceConsumer.as_asgi(), name="ws-device"),
+    # Channels' URLRouter takes any ASGI application; django-stubs types path() for views only.
+    path("ws/device/", device_socket, name="ws-device"),  # type: ignore[arg-type]
 ]
 browser_websocket_urlpatterns = [
     path("ws/t/<slug:tenant_slug>/live/", TenantLiveConsumer.as_asgi(), name="ws-tenant-live"),

@@ -1,5 +1,6 @@
 """Command delivery beyond the first push: no re-sends with every push, and a sweep that delivers
-commands whose push was lost. Through Channels' communicator and the real consumer."""
+commands whose push was lost, and one layer channel per process for all its device connections.
+Through Channels' communicator and the real device socket."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from devices import consumers, services
+from devices import consumers, live, services
 from devices.models import Command, Device
 from tenants.audit import Actor
-from tests.devices.conftest import db
+from tests.devices.conftest import db, register
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -187,3 +189,45 @@ def test_an_earlier_attempt_served_late_does_not_replace_the_later_connection(re
     assert connect("specific.a!restarted", "run2.1").replaced_channel == "specific.a!third"
     assert connect("specific.a!old-client", "").replaced_channel == "specific.a!restarted"
     assert connect("specific.a!garbled", "run2.x").replaced_channel == "specific.a!old-client"
+
+
+async def test_a_process_reaches_all_its_device_connections_through_one_channel(
+    account, l_key_hex, registration, device_socket
+):
+    """No channel (and no waiting task) per connection: a connection's name is its process's
+    channel and a number, and one layer message on that channel reaches every connection it names."""
+    second = await db(register)(account, l_key_hex, device_id="device-0002")
+    sockets = [device_socket(registration.token), device_socket(second.token)]
+    for socket in sockets:
+        await socket.connect()
+        await socket.hello()
+    names = await db(lambda: list(Device.objects.order_by("pk").values_list("connection_channel", flat=True)))()
+    processes = {name.rpartition(live.CONNECTION_SEPARATOR)[0] for name in names}
+    assert len(set(names)) == 2 and len(processes) == 1
+    [process] = processes
+    assert "!" in process  # a process-specific layer channel
+    await get_channel_layer().send(process, {"type": "device.revoked", "connections": names})
+    assert [await socket.receive_close_code() for socket in sockets] == [4003, 4003]
+
+
+async def test_pushes_to_many_devices_of_a_process_go_as_one_layer_message(registration, device_socket, monkeypatch):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    name = await db(lambda: Device.objects.get(pk=registration.device.pk).connection_channel)()
+    process = name.rpartition(live.CONNECTION_SEPARATOR)[0]
+    layer = get_channel_layer()
+    sent: list[tuple[str, dict]] = []
+    real_send = layer.send
+
+    async def recording_send(channel: str, message: dict) -> None:
+        sent.append((channel, message))
+        await real_send(channel, message)
+
+    monkeypatch.setattr(layer, "send", recording_send)
+    # The live connection and 1,199 of the same process that are gone meanwhile.
+    names = [name] + [f"{process}{live.CONNECTION_SEPARATOR}{number}" for number in range(10_000, 11_199)]
+    await live.send_to_device_channels_async(names, {"type": "device.revoked"})
+    assert [channel for channel, _ in sent] == [process] * 3  # 500 connections a message at most
+    assert sorted(len(message["connections"]) for _, message in sent) == [200, 500, 500]
+    assert await socket.receive_close_code() == 4003

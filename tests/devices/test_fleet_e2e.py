@@ -273,12 +273,20 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
+def _connection_names(fleet: Fleet) -> list[str]:
+    return fleet.portal.django(
+        "from devices.models import Device\n"
+        "print(json.dumps(list(Device.objects.order_by('pk').values_list('connection_channel', flat=True))))"
+    )
+
+
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server program")
 def test_it_runs_every_command_exactly_once_across_a_redis_restart(make_fleet, own_redis):
     fleet = make_fleet(3, redis_url=own_redis.url)
     devices = fleet.devices()
     parameters = {device["id"]: fleet.backup_parameters(device["id"]) for device in devices}
+    connections_before = _connection_names(fleet)
 
     own_redis.stop()
     # While Redis is down the API still takes commands: they are stored before anything is pushed.
@@ -292,6 +300,9 @@ def test_it_runs_every_command_exactly_once_across_a_redis_restart(make_fleet, o
         (command["kind"], command["status"], command["error"]) for command in commands.values()
     ]
     wait_for(lambda: len(fleet.live_devices()) == 3, timeout=60, what="every device back online")
+    # The device sockets do not depend on Redis: they stayed up, and the pushes after the restart
+    # reached them through their process's channel again.
+    assert _connection_names(fleet) == connections_before and all(connections_before)
     # Exactly once: one snapshot per agent, though the commands may have been delivered twice.
     assert sorted(len(agent.snapshots()) for agent in fleet.agents) == [1, 1, 1]
 
