@@ -132,11 +132,13 @@ def storm_rows(result: dict[str, Any], label: str) -> list[list[str]]:
     t99, t100 = result.get("t99_s"), result.get("t100_s")
     before, after = result.get("redis_clients_before"), result.get("redis_clients_after")
     lost, twice = commands.get("lost"), commands.get("run_twice")
+    dropped = result.get("dropped")
+    cut = "" if dropped is None else f" ({dropped:,} cut)"
     return [
         [
             f"5. reconnect storm, {result['settings']['devices']:,} devices, {label}: 99 % / all back",
             "≤ 60 / ≤ 120 s",
-            f"{fmt(t99)} / {fmt(t100)} s",
+            f"{fmt(t99)} / {fmt(t100)} s{cut}",
             "",
             "",
             ok(t99 is not None and t100 is not None and t99 <= 60 and t100 <= 120),

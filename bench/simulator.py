@@ -23,6 +23,9 @@ JSON lines (this is how bench/capacity.py and the other scenarios drive it):
     target N            connect (or close) devices until N of this shard's devices are ready
     stats [reset]       print counters; `reset` starts new ping/latency samples
     storm               drop every connection at once; devices reconnect with their backoff
+    watch [S]           the same figures when something else cuts the connections (a server
+                        restart); with S, watch S seconds, in which any number may be cut (a Redis
+                        restart): a device never cut counts as back at once
     ingest R S          every ready device sends R messages/s (status and heartbeat in turn) for S
                         seconds, then an unknown message whose `error` answer proves the server
                         consumed the rest

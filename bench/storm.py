@@ -13,7 +13,9 @@ Each device reconnects after the agent's full-jitter backoff: uniform in [0, min
 
 `redis` stops the bench's own Redis server (started on --own-redis-port: never the machine's
 shared one), waits --redis-down seconds and starts it again; whatever the workers do about it
-(their device sockets may survive or close) is what is measured.
+(their device sockets may survive or close) is what is measured: the fleet is watched until 15 s
+after Redis is back, `dropped` says how many devices were cut, and a device never cut counts as
+back at once.
 
 In every mode, --commands commands (ping, one bulk action over that many random devices) are
 issued right after the cut, while the devices are away; each must end `succeeded` exactly once
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["server_cpu_percent"] = cpu.percent()
         results["loadavg_before"], results["loadavg_after"] = load_before, common.loadavg()
         results["shards"] = done
+        results["dropped"] = sum(item.get("dropped", 0) for item in done) if done else None
         for mark in ("t50_s", "t90_s", "t99_s", "t100_s"):
             values = [item[mark] for item in done if mark in item]
             results[mark] = max(values) if len(values) == len(done) and values else None
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             key: results.get(key)
             for key in (
                 "completed",
+                "dropped",
                 "t50_s",
                 "t90_s",
                 "t99_s",

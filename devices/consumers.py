@@ -59,6 +59,8 @@ def _heartbeat_interval() -> float:
 PRESENCE_FLUSH_SECONDS = 0.5
 # How often each process looks for queued commands of its own live devices that no push reached.
 UNDELIVERED_SWEEP_SECONDS = 2.0
+# Goodbyes written in one statement at most.
+GOODBYES_PER_WRITE = 2000
 # Seconds the hub waits before reading its channel again after the layer failed (Redis away).
 LAYER_RETRY_SECONDS = 1.0
 
@@ -73,6 +75,40 @@ class DeviceHub:
         self._tasks: list[asyncio.Task[None]] = []
         # Handlers of layer messages in flight; kept so that they are not collected while they run.
         self._handling: set[asyncio.Task[None]] = set()
+        self._goodbyes: list[tuple[tuple[int, int, str], asyncio.Future[None]]] = []
+        self._goodbye_writer: asyncio.Task[None] | None = None
+
+    async def goodbye(self, device_pk: int, tenant_id: int, name: str) -> None:
+        """Mark the device of a connection that ended offline; return once that is written.
+
+        Goodbyes are written together: the first at once, and those that come while a write runs
+        in the next one. A reconnect storm ends thousands of connections at once, and one write
+        each queued the handshakes of the devices coming back behind them in the thread pool.
+        """
+        written = asyncio.get_running_loop().create_future()
+        self._goodbyes.append(((device_pk, tenant_id, name), written))
+        if self._goodbye_writer is None or self._goodbye_writer.done():
+            self._goodbye_writer = asyncio.get_running_loop().create_task(self._write_goodbyes())
+        await written
+
+    async def _write_goodbyes(self) -> None:
+        while self._goodbyes:
+            batch = self._goodbyes[:GOODBYES_PER_WRITE]
+            del self._goodbyes[:GOODBYES_PER_WRITE]
+            try:
+                await _database(services.devices_disconnected)(connections=[ended for ended, _ in batch])
+            except asyncio.CancelledError:  # the server stops
+                for _, written in batch + self._goodbyes:
+                    written.cancel()
+                raise
+            except Exception as error:  # the database is away: these connections' goodbyes fail
+                for _, written in batch:
+                    if not written.done():
+                        written.set_exception(error)
+            else:
+                for _, written in batch:
+                    if not written.done():
+                        written.set_result(None)
 
     def connection_name(self) -> str:
         return f"{self.channel}{live.CONNECTION_SEPARATOR}{next(self._numbers)}"
@@ -314,11 +350,9 @@ class DeviceConnection:
         hub = _hubs.get(asyncio.get_running_loop())
         if hub is not None and hub.connections.get(self.name) is self:
             del hub.connections[self.name]
-        if self.authenticated:
+        if self.authenticated and hub is not None:
             self.authenticated = False
-            await _database(services.device_disconnected)(
-                device_pk=self.device_pk, tenant_id=self.tenant_id, channel_name=self.name
-            )
+            await hub.goodbye(self.device_pk, self.tenant_id, self.name)
 
     # --- Frames from the device -------------------------------------------------------------
 

@@ -487,13 +487,36 @@ def _attempt_is_older(attempt: str, *, than: str) -> bool:
     return int(new.group(2)) < int(live_one.group(2))
 
 
-def device_disconnected(*, device_pk: int, tenant_id: int, channel_name: str) -> None:
-    """Mark the device offline, unless a newer connection has replaced this one."""
-    updated = Device.objects.filter(pk=device_pk, connection_channel=channel_name).update(
-        is_live=False, connection_channel="", last_seen_at=timezone.now()
-    )
-    if updated:
-        live.device_presence(tenant_id, device_pk, is_live=False, batched=True)
+def devices_disconnected(*, connections: list[tuple[int, int, str]]) -> None:
+    """Mark devices offline, each unless a newer connection has replaced the one that ended.
+
+    `connections` holds (device pk, tenant id, connection name) of connections that ended; they are
+    written in one statement, since a reconnect storm ends thousands at once (devices.consumers
+    groups the goodbyes of a process).
+    """
+    if not connections:
+        return
+    now = timezone.now()
+    tenants = {device_pk: tenant_id for device_pk, tenant_id, _ in connections}
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE devices_device AS d SET is_live = false, connection_channel = '', last_seen_at = %s "
+                "FROM unnest(%s::bigint[], %s::text[]) AS ended(id, channel) "
+                "WHERE d.id = ended.id AND d.connection_channel = ended.channel RETURNING d.id",
+                [now, [device_pk for device_pk, _, _ in connections], [name for _, _, name in connections]],
+            )
+            offline = [device_pk for (device_pk,) in cursor.fetchall()]
+    else:
+        offline = [
+            device_pk
+            for device_pk, _, name in connections
+            if Device.objects.filter(pk=device_pk, connection_channel=name).update(
+                is_live=False, connection_channel="", last_seen_at=now
+            )
+        ]
+    for device_pk in offline:
+        live.device_presence(tenants[device_pk], device_pk, is_live=False, batched=True)
 
 
 def device_hello(*, device_pk: int, hello: dict[str, Any]) -> None:

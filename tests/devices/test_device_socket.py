@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -13,7 +14,7 @@ from devices import services
 from devices.ingest import buffer
 from devices.models import Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
 from tenants.audit import Actor
-from tests.devices.conftest import db
+from tests.devices.conftest import db, register
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -382,3 +383,35 @@ def test_it_fails_commands_whose_result_never_came(acme, registration):
     assert services.commands_expire() == 1
     assert Command.objects.get(pk=command.pk).status == "failed"
     assert Command.objects.get(pk=fresh.pk).status == "running"
+
+
+def test_it_marks_ended_connections_offline_unless_a_newer_one_replaced_them(account, l_key_hex):
+    devices = [register(account, l_key_hex, device_id=f"device-{number:04}").device for number in (1, 2, 3)]
+    for number, device in enumerate(devices, start=1):
+        Device.objects.filter(pk=device.pk).update(is_live=True, connection_channel=f"specific.a!p#{number}")
+    Device.objects.filter(pk=devices[2].pk).update(connection_channel="specific.a!p#9")  # reconnected since
+    ended = [(device.pk, device.tenant_id, f"specific.a!p#{number}") for number, device in enumerate(devices, 1)]
+    services.devices_disconnected(connections=ended)
+    states = list(Device.objects.order_by("pk").values_list("is_live", "connection_channel"))
+    assert states == [(False, ""), (False, ""), (True, "specific.a!p#9")]
+
+
+async def test_goodbyes_of_connections_that_end_together_are_written_together(
+    account, l_key_hex, device_socket, monkeypatch
+):
+    registrations = [await db(register)(account, l_key_hex, device_id=f"device-{number:04}") for number in range(5)]
+    sockets = [device_socket(registration.token) for registration in registrations]
+    for socket in sockets:
+        await socket.connect()
+        await socket.hello()
+    writes: list[int] = []
+    write = services.devices_disconnected
+
+    def counting_write(*, connections):
+        writes.append(len(connections))
+        write(connections=connections)
+
+    monkeypatch.setattr(services, "devices_disconnected", counting_write)
+    await asyncio.gather(*(socket.close() for socket in sockets))
+    assert sum(writes) == 5 and len(writes) < 5  # the first at once, the rest together
+    assert await db(lambda: Device.objects.filter(is_live=True).count())() == 0
