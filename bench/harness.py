@@ -588,6 +588,20 @@ class OwnRedis:
             common.stop_process(self.process)
             self.process = None
 
+    def clients_of(self, pids: list[int]) -> int | None:
+        """Connections to this Redis held by these processes (from `ss`), None without `ss`."""
+        try:
+            listing = subprocess.run(
+                ["ss", "-tnpH", "state", "established", f"( dport = :{self.port} )"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        wanted = {f"pid={pid}," for pid in pids}
+        return sum(1 for line in listing.splitlines() if any(pid in line for pid in wanted))
+
     def connected_clients(self) -> int:
         import redis
 

@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         time.sleep(args.settle)
         results["live_before"] = pg.live_devices()
         results["redis_clients_before"] = own_redis.connected_clients() if own_redis else None
+        # The workers' own: the bench process issues the storm's commands, and its connections are
+        # no part of the portal's.
+        results["redis_clients_of_workers_before"] = own_redis.clients_of(fleet.server_pids) if own_redis else None
         executed_before = shards.stats().get("stats", {}).get("executed", 0)
         # From here on every device acts on its own, as a real fleet does: no pacing.
         shards.send("pending 1000000")
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["commands"]["redelivered_total"] = counters.get("redelivered", 0)
         time.sleep(10)  # let reconnects and pools settle before counting Redis clients
         results["redis_clients_after"] = own_redis.connected_clients() if own_redis else None
+        results["redis_clients_of_workers_after"] = own_redis.clients_of(fleet.server_pids) if own_redis else None
         results["live_after"] = pg.live_devices()
         results["devices_per_worker_after"] = harness.workers_of_live_devices(pg)
     finally:
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "commands",
                 "redis_clients_before",
                 "redis_clients_after",
+                "redis_clients_of_workers_before",
+                "redis_clients_of_workers_after",
             )
         }
     )

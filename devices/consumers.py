@@ -55,8 +55,6 @@ def _heartbeat_interval() -> float:
     return float(getattr(settings, "DEVICE_HEARTBEAT_INTERVAL", 30))
 
 
-# How often each process sends its devices' batched presence changes to browsers.
-PRESENCE_FLUSH_SECONDS = 0.5
 # How often each process looks for queued commands of its own live devices that no push reached.
 UNDELIVERED_SWEEP_SECONDS = 2.0
 # Goodbyes written in one statement at most.
@@ -127,7 +125,7 @@ class DeviceHub:
                 self._wake_reader_when_cancelled(),
                 self._watch_heartbeats(),
                 self._sweep_undelivered(),
-                _flush_presence(),
+                live.outbox.run(),
             )
         ]
 
@@ -204,13 +202,6 @@ def _end_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-async def _flush_presence() -> None:
-    live.presence_batch.loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(PRESENCE_FLUSH_SECONDS)
-        await live.presence_flush()
 
 
 _hubs: dict[asyncio.AbstractEventLoop, DeviceHub] = {}
@@ -330,7 +321,7 @@ class DeviceConnection:
         self.authenticated = True
         buffer.forget(self.device_pk)  # the first status of a new connection is always written
         if connected.replaced_channel:
-            await live.send_to_device_channels_async([connected.replaced_channel], {"type": "device.replaced"})
+            live.send_to_device_channel(connected.replaced_channel, {"type": "device.replaced"})
         self.limiter = protocol.RateLimiter()
         self.bad_messages = 0
         self.last_message_at = time.monotonic()

@@ -7,6 +7,8 @@ the layer drops costs a delay, never data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import threading
 from typing import Any
@@ -35,7 +37,7 @@ def send_to_device_channel(channel: str, message: dict[str, Any]) -> None:
 
 
 def send_to_device_channels(channels: list[str], message: dict[str, Any]) -> None:
-    if channels:
+    if channels and not outbox.put(_DEVICES, tuple(channels), message):
         async_to_sync(send_to_device_channels_async)(channels, message)
 
 
@@ -73,7 +75,7 @@ async def send_to_device_channels_async(channels: list[str], message: dict[str, 
 
 def _to_browsers(tenant_id: int, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or outbox.put(_BROWSERS, tenant_id, event):
         return
     try:
         async_to_sync(layer.group_send)(devices_group_name(tenant_id), {"type": "live.update", "event": event})
@@ -98,8 +100,8 @@ class PresenceBatch:
 
     A message per connect cost a fifth of a worker's CPU in a reconnect storm (a thread hop and a
     Redis group send each); batched, 10,000 devices coming back cost a few messages a second.
-    Only the latest state of a device is kept. Changes wait only while a flusher runs on a live
-    event loop (the device consumers start one); otherwise they are sent at once.
+    Only the latest state of a device is kept. Changes wait only while the outbox runs on a live
+    event loop (a process with device sockets runs one); otherwise they are sent at once.
     """
 
     def __init__(self) -> None:
@@ -123,7 +125,7 @@ class PresenceBatch:
 
 presence_batch = PresenceBatch()
 # Events in one group message at most: a browser gets them as separate frames either way.
-PRESENCE_EVENTS_PER_MESSAGE = 500
+EVENTS_PER_MESSAGE = 500
 
 
 async def presence_flush() -> None:
@@ -131,14 +133,99 @@ async def presence_flush() -> None:
     layer = get_channel_layer()
     for tenant_id, changes in presence_batch.take().items():
         events = [_presence_event(device_pk, is_live) for device_pk, is_live in changes.items()]
-        for start in range(0, len(events), PRESENCE_EVENTS_PER_MESSAGE):
+        for start in range(0, len(events), EVENTS_PER_MESSAGE):
             if layer is None:
                 return
-            message = {"type": "live.updates", "events": events[start : start + PRESENCE_EVENTS_PER_MESSAGE]}
+            message = {"type": "live.updates", "events": events[start : start + EVENTS_PER_MESSAGE]}
             try:
                 await layer.group_send(devices_group_name(tenant_id), message)
             except Exception as error:  # browsers resynchronise when their socket reconnects
                 logger.warning("Presence updates to tenant %s's browsers were dropped: %s", tenant_id, error)
+
+
+_DEVICES, _BROWSERS = "devices", "browsers"
+
+
+class Outbox:
+    """The layer sends of one server process, made by one task on its event loop (Outbox.run).
+
+    put() may be called from any thread (services run in the thread pool): it hands the send to
+    the loop and returns at once, instead of holding the thread until Redis has answered. What
+    piles up while a send is in flight goes out together next: a tenant's browser events in one
+    `live.updates` message, in order, and pushes to devices in one message per process
+    (send_to_device_channels_async). The batched presence changes go from the same task. With
+    one sender, a process needs one Redis connection for all it sends: a send from each thread of
+    the pool, and from each handshake that replaced a connection, had opened a connection each,
+    and the pool kept them after a reconnect storm (redis-py pools keep their peak).
+
+    put() returns False where no outbox runs (Celery, a management command, a test without a
+    device socket): the caller sends at once, as before.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, Any, dict[str, Any]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    def put(self, kind: str, target: Any, message: dict[str, Any]) -> bool:
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed() or not loop.is_running():
+            return False
+        with self._lock:
+            self._pending.append((kind, target, message))
+        loop.call_soon_threadsafe(wake.set)
+        return True
+
+    async def run(self) -> None:
+        with self._lock:
+            self._pending = []  # left by a loop that closed (tests run a loop each)
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        presence_batch.loop = self._loop
+        wake = self._wake
+        next_presence = self._loop.time() + PRESENCE_FLUSH_SECONDS
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=max(0.0, next_presence - self._loop.time()))
+                wake.clear()
+                with self._lock:
+                    pending, self._pending = self._pending, []
+                await _send_together(pending)
+                if self._loop.time() >= next_presence:
+                    next_presence = self._loop.time() + PRESENCE_FLUSH_SECONDS
+                    await presence_flush()
+        finally:
+            if self._wake is wake:
+                self._loop = self._wake = None
+
+
+async def _send_together(pending: list[tuple[str, Any, dict[str, Any]]]) -> None:
+    layer = get_channel_layer()
+    if layer is None or not pending:
+        return
+    events: dict[int, list[dict[str, Any]]] = {}
+    pushes: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for kind, target, message in pending:
+        if kind == _BROWSERS:
+            events.setdefault(target, []).append(message)
+        else:
+            key = json.dumps(message, sort_keys=True)
+            pushes.setdefault(key, (message, []))[1].extend(target)
+    for message, channels in pushes.values():
+        await send_to_device_channels_async(channels, message)
+    for tenant_id, tenant_events in events.items():
+        for start in range(0, len(tenant_events), EVENTS_PER_MESSAGE):
+            batch = {"type": "live.updates", "events": tenant_events[start : start + EVENTS_PER_MESSAGE]}
+            try:
+                await layer.group_send(devices_group_name(tenant_id), batch)
+            except Exception as error:  # browsers resynchronise when their socket reconnects
+                logger.warning("Live updates to tenant %s's browsers were dropped: %s", tenant_id, error)
+
+
+outbox = Outbox()
+# How often the batched presence changes go to browsers.
+PRESENCE_FLUSH_SECONDS = 0.5
 
 
 def command_status(command: Any) -> None:

@@ -82,3 +82,78 @@ async def test_device_connects_and_disconnects_reach_browsers_batched_with_the_l
     assert (await acme_browser.receive_json_from(timeout=3))["device"] == 4
     await acme_browser.disconnect()
     await globex_browser.disconnect()
+
+
+async def test_a_process_sends_what_piles_up_together_from_one_task(monkeypatch):
+    """The outbox merges: a tenant's browser events into one message, in order, and pushes of one
+    kind to devices of one process into one message (one Redis connection serves a process)."""
+    from channels.layers import get_channel_layer
+
+    from devices import live
+
+    layer = get_channel_layer()
+    sent: list[tuple[str, str, dict]] = []
+
+    async def group_send(group, message):
+        sent.append(("group", group, message))
+
+    async def send(channel, message):
+        sent.append(("send", channel, message))
+
+    monkeypatch.setattr(layer, "group_send", group_send)
+    monkeypatch.setattr(layer, "send", send)
+    replaced = {"type": "device.replaced"}
+    await live._send_together(
+        [
+            ("browsers", 1, {"n": 1}),
+            ("devices", ("specific.a!x#1",), replaced),
+            ("browsers", 2, {"n": 2}),
+            ("browsers", 1, {"n": 3}),
+            ("devices", ("specific.a!x#2", "specific.b!y#7"), replaced),
+        ]
+    )
+    assert sorted(sent, key=str) == sorted(
+        [
+            ("send", "specific.a!x", {"type": "device.replaced", "connections": ["specific.a!x#1", "specific.a!x#2"]}),
+            ("send", "specific.b!y", {"type": "device.replaced", "connections": ["specific.b!y#7"]}),
+            ("group", live.devices_group_name(1), {"type": "live.updates", "events": [{"n": 1}, {"n": 3}]}),
+            ("group", live.devices_group_name(2), {"type": "live.updates", "events": [{"n": 2}]}),
+        ],
+        key=str,
+    )
+
+
+async def test_services_in_a_process_with_device_sockets_send_through_its_outbox(
+    acme, registration, device_socket, monkeypatch
+):
+    from channels.layers import get_channel_layer
+
+    from devices import services
+
+    browser = await _browser("acme", acme.auditor)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    layer = get_channel_layer()
+    kinds: list[str] = []
+    group_send = layer.group_send
+
+    async def recording_group_send(group, message):
+        kinds.append(message["type"])
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", recording_group_send)
+    device = await db(Device.objects.select_related("tenant").get)(pk=registration.device.pk)
+    command = await db(services.command_issue)(
+        actor=Actor(user=acme.technician, role="technician"), device=device, kind="ping"
+    )
+    statuses = []
+    while len(statuses) < 2:
+        frame = await browser.receive_json_from(timeout=3)
+        if frame.get("kind") == "command_status" and frame["command"] == command.pk:
+            statuses.append(frame["status"])
+    assert statuses == ["queued", "delivered"]
+    # Sent by the outbox (a thread would have sent `live.update` itself and waited for Redis).
+    fleet_kinds = [kind for kind in kinds if kind.startswith("live.")]
+    assert fleet_kinds and set(fleet_kinds) == {"live.updates"}
+    await browser.disconnect()
