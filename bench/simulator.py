@@ -402,6 +402,7 @@ class Fleet:
         self.reached_reported = True
         self.storm: dict[str, Any] | None = None
         self.drain: dict[str, Any] | None = None
+        self.window_task: asyncio.Task[None] | None = None
         self.stopping = False
 
     # --- Output -----------------------------------------------------------------------------
@@ -627,12 +628,21 @@ class Fleet:
             "mode": "drop" if drop else "watch",
         }
         if window:
-            asyncio.get_running_loop().call_later(window, self.check_progress)
+            # Checked again every half second from the end of the window: a fleet nobody cut sends
+            # no event that would check it, and uvloop's timers (milliseconds) may fire a hair
+            # before the window is over (a CI smoke run waited for ever).
+            self.window_task = asyncio.get_running_loop().create_task(self._end_window(self.storm, window))
         if drop:
             for device in live:
                 if device.transport is not None:
                     device.transport.abort()  # connection_lost follows on the next loop iteration
         self.emit("storm_started", devices=len(live), mode=self.storm["mode"])
+
+    async def _end_window(self, storm: dict[str, Any], window: float) -> None:
+        await asyncio.sleep(window)
+        while self.storm is storm:
+            self.check_progress()
+            await asyncio.sleep(0.5)
 
     # --- Heartbeats, pings, ingest ------------------------------------------------------------
 

@@ -118,6 +118,7 @@ class DeviceHub:
         for task in self._tasks:
             task.cancel()
         loop = asyncio.get_running_loop()
+        live.outbox.bind(loop)
         self._tasks = [
             loop.create_task(coroutine)
             for coroutine in (

@@ -177,12 +177,20 @@ class Outbox:
         loop.call_soon_threadsafe(wake.set)
         return True
 
-    async def run(self) -> None:
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take sends for `loop` from now on, before run() has started on it: a handshake served in
+        the same turn of the loop may already have something to send."""
+        if self._loop is loop and self._wake is not None:
+            return
         with self._lock:
             self._pending = []  # left by a loop that closed (tests run a loop each)
-        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
-        presence_batch.loop = self._loop
+        self._loop, self._wake = loop, asyncio.Event()
+        presence_batch.loop = loop
+
+    async def run(self) -> None:
+        self.bind(asyncio.get_running_loop())
         wake = self._wake
+        assert self._loop is not None and wake is not None
         next_presence = self._loop.time() + PRESENCE_FLUSH_SECONDS
         try:
             while True:

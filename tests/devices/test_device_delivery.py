@@ -231,3 +231,19 @@ async def test_pushes_to_many_devices_of_a_process_go_as_one_layer_message(regis
     assert [channel for channel, _ in sent] == [process] * 3  # 500 connections a message at most
     assert sorted(len(message["connections"]) for _, message in sent) == [200, 500, 500]
     assert await socket.receive_close_code() == 4003
+
+
+async def test_the_first_connection_of_a_process_may_replace_one_of_a_process_that_died(registration, device_socket):
+    """A worker restarted: the device's row still names a connection of the old process, and the
+    new process's very first handshake tells that connection it was replaced."""
+    await db(
+        lambda: Device.objects.filter(pk=registration.device.pk).update(
+            is_live=True, connection_channel="specific.gone!dead#1"
+        )
+    )()
+    socket = device_socket(registration.token)
+    connected, _ = await socket.connect()
+    assert connected
+    await socket.hello()
+    name = await db(lambda: Device.objects.get(pk=registration.device.pk).connection_channel)()
+    assert name != "specific.gone!dead#1" and live.CONNECTION_SEPARATOR in name
