@@ -262,6 +262,8 @@ class DeviceConnection:
     tenant_id = 0
     device_id = ""
     name = ""
+    # Set once past the handshake limit: the hub that knows this connection.
+    hub: DeviceHub | None = None
 
     def __init__(self, scope: dict[str, Any], send: Send) -> None:
         self.scope, self._send_message = scope, send
@@ -295,7 +297,7 @@ class DeviceConnection:
             # (measured: without this limit 10,000 reconnecting devices never got back).
             await self._refuse(protocol.CLOSE_TRY_AGAIN_LATER)
             return
-        hub = await _hub()
+        self.hub = hub = await _hub()
         self.name = hub.connection_name()
         # Known to the hub before the database names it: a message for it is never missed.
         hub.connections[self.name] = self
@@ -339,10 +341,11 @@ class DeviceConnection:
             await self._send_message({"type": "websocket.close", "code": code})
 
     async def _disconnected(self) -> None:
-        hub = _hubs.get(asyncio.get_running_loop())
-        if hub is not None and hub.connections.get(self.name) is self:
-            del hub.connections[self.name]
-        if self.authenticated and hub is not None:
+        hub = self.hub
+        if hub is None:
+            return
+        hub.connections.pop(self.name, None)
+        if self.authenticated:
             self.authenticated = False
             await hub.goodbye(self.device_pk, self.tenant_id, self.name)
 

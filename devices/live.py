@@ -132,15 +132,19 @@ async def presence_flush() -> None:
     """Send the batched presence changes: one group message per tenant (and per 500 changes)."""
     layer = get_channel_layer()
     for tenant_id, changes in presence_batch.take().items():
-        events = [_presence_event(device_pk, is_live) for device_pk, is_live in changes.items()]
-        for start in range(0, len(events), EVENTS_PER_MESSAGE):
-            if layer is None:
-                return
-            message = {"type": "live.updates", "events": events[start : start + EVENTS_PER_MESSAGE]}
-            try:
-                await layer.group_send(devices_group_name(tenant_id), message)
-            except Exception as error:  # browsers resynchronise when their socket reconnects
-                logger.warning("Presence updates to tenant %s's browsers were dropped: %s", tenant_id, error)
+        if layer is not None:
+            events = [_presence_event(device_pk, is_live) for device_pk, is_live in changes.items()]
+            await _send_events(layer, tenant_id, events)
+
+
+async def _send_events(layer: Any, tenant_id: int, events: list[dict[str, Any]]) -> None:
+    """Send a tenant's browsers these events: one group message per 500, each shown as a frame."""
+    for start in range(0, len(events), EVENTS_PER_MESSAGE):
+        message = {"type": "live.updates", "events": events[start : start + EVENTS_PER_MESSAGE]}
+        try:
+            await layer.group_send(devices_group_name(tenant_id), message)
+        except Exception as error:  # browsers resynchronise when their socket reconnects
+            logger.warning("Live updates to tenant %s's browsers were dropped: %s", tenant_id, error)
 
 
 _DEVICES, _BROWSERS = "devices", "browsers"
@@ -223,12 +227,7 @@ async def _send_together(pending: list[tuple[str, Any, dict[str, Any]]]) -> None
     for message, channels in pushes.values():
         await send_to_device_channels_async(channels, message)
     for tenant_id, tenant_events in events.items():
-        for start in range(0, len(tenant_events), EVENTS_PER_MESSAGE):
-            batch = {"type": "live.updates", "events": tenant_events[start : start + EVENTS_PER_MESSAGE]}
-            try:
-                await layer.group_send(devices_group_name(tenant_id), batch)
-            except Exception as error:  # browsers resynchronise when their socket reconnects
-                logger.warning("Live updates to tenant %s's browsers were dropped: %s", tenant_id, error)
+        await _send_events(layer, tenant_id, tenant_events)
 
 
 outbox = Outbox()
