@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device_count = Device.objects.filter(tenant=tenant).count()
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE devices_device SET is_live = (id %% %s = 0) WHERE tenant_id = %s", [args.live_every, tenant.pk]
+            # Only the rows that change, as devices coming online do: rewriting every row would
+            # leave a dead version of each in every index for the deep pages to step over.
+            "UPDATE devices_device SET is_live = (id %% %s = 0) WHERE tenant_id = %s "
+            "AND is_live IS DISTINCT FROM (id %% %s = 0)",
+            [args.live_every, tenant.pk, args.live_every],
         )
         if connection.vendor == "postgresql":
             cursor.execute("ANALYZE devices_device")

@@ -81,3 +81,18 @@ def test_it_lists_30_or_300_devices_with_the_same_bounded_number_of_queries(
     with django_assert_max_num_queries(MAX_QUERIES):
         response = client.get(url)
     assert len(response.context["devices"]) > 0
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="trigram indexes exist on PostgreSQL only")
+def test_the_account_search_index_has_no_pending_list_a_search_must_read():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.reloptions, a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam "
+            "WHERE c.relname = 'account_username_trgm'"
+        )
+        found = cursor.fetchone()
+    if found is None:
+        pytest.skip("pg_trgm was not available to the migration")
+    options, method = found
+    assert method == "gin"
+    assert "fastupdate=off" in (options or [])
