@@ -184,6 +184,36 @@ def test_seed_writes_known_tokens(bench_env, tmp_path):
     assert figures["devices"] == 40 and figures["tenants"] == 2 and figures["accounts"] == 8
 
 
+def test_api_floor_measures_every_layer(bench_env, tmp_path):
+    env, args, _ = bench_env
+    run_bench(
+        "api_floor.py",
+        [
+            *args,
+            "--devices",
+            "20",
+            "--seconds",
+            "1",
+            "--repeat",
+            "1",
+            "--connections",
+            "2",
+            "--base-port",
+            str(_free_base_port()),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "floor",
+        ],
+        env,
+    )
+    result = read_result(tmp_path, "floor")
+    assert [case["case"] for case in result["cases"]][0].startswith("bare ASGI") and len(result["cases"]) == 6
+    for case in result["cases"]:
+        assert case["all_answers_2xx"], case
+        assert case["worker_cpu_ms_per_request"] >= 0 and case["runs"][0]["requests_per_second"] > 0, case
+
+
 def _needs_postgres_and_redis(args: list[str]) -> None:
     if "--embedded" in args or "" in args:
         pytest.skip("scenario 2 runs two workers behind HAProxy: it needs PostgreSQL and Redis")

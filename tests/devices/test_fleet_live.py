@@ -157,3 +157,27 @@ async def test_services_in_a_process_with_device_sockets_send_through_its_outbox
     fleet_kinds = [kind for kind in kinds if kind.startswith("live.")]
     assert fleet_kinds and set(fleet_kinds) == {"live.updates"}
     await browser.disconnect()
+
+
+async def test_a_browser_socket_takes_live_events_without_a_hop_to_the_database_thread(acme, monkeypatch):
+    """Channels closes stale database connections in a thread before each message a consumer
+    handles; the browser sockets skip that, since they use the database only on connect."""
+    import channels.consumer
+    from channels.layers import get_channel_layer
+
+    from devices import live
+
+    browser = await _browser("acme", acme.auditor)
+    hops = []
+
+    async def counting_close_old_connections():
+        hops.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counting_close_old_connections)
+    layer = get_channel_layer()
+    events = [{"kind": "device_presence", "device": number, "live": True} for number in range(3)]
+    await layer.group_send(live.devices_group_name(acme.tenant.pk), {"type": "live.updates", "events": events})
+    await layer.group_send(live.devices_group_name(acme.tenant.pk), {"type": "live.update", "event": events[0]})
+    assert [await browser.receive_json_from(timeout=3) for _ in range(4)] == [*events, events[0]]
+    assert hops == []
+    await browser.disconnect()
