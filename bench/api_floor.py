@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env, pg, seeded = harness.prepare(args, args.devices)
     env["API_THROTTLE_USER"] = API_THROTTLE
     pg.close()
-    from devices.models import Device
+    from devices.models import Command, Device
 
     tenant_slug = "bench-0"
     api_key, _, tenant_id = bench_credentials(tenant_slug)
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.sim_cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(cpu) for cpu in args.sim_cpus.split(",")})
     port = args.base_port
+    last_command = Command.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     servers = harness.ServerSet(
         "portal",
         [port],
@@ -169,6 +170,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
     finally:
         servers.stop()
+        # The POST case queued commands for devices that are not connected: later benches would
+        # deliver them all when those devices connect.
+        Command.objects.filter(pk__gt=last_command, status=Command.Status.QUEUED).update(
+            status=Command.Status.CANCELLED
+        )
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path = common.write_result(args.name, results, args.results_dir)
     print(f"{'case':<48} {'CPU ms/request':>14} {'at most /s/core':>15}")

@@ -247,7 +247,8 @@ _handshakes_in_progress = 0
 
 def _hello_and_take_commands(*, device_pk: int, hello: dict[str, Any]) -> list[dict[str, Any]]:
     """Store the hello and take the commands that waited for the device: one trip to the thread pool."""
-    services.device_hello(device_pk=device_pk, hello=hello)
+    if not services.device_hello(device_pk=device_pk, hello=hello):
+        return []
     return services.commands_take_for_delivery(device_pk=device_pk, reconnected=True)
 
 

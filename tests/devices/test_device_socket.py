@@ -415,3 +415,30 @@ async def test_goodbyes_of_connections_that_end_together_are_written_together(
     await asyncio.gather(*(socket.close() for socket in sockets))
     assert sum(writes) == 5 and len(writes) < 5  # the first at once, the rest together
     assert await db(lambda: Device.objects.filter(is_live=True).count())() == 0
+
+
+def test_a_hello_is_stored_and_says_whether_commands_wait_in_one_statement(registration, acme):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    device = _device(registration)
+    hello = {"name": "renamed", "os": "Linux", "arch": "", "consents": {"allow_browse": True}}
+    with CaptureQueriesContext(connection) as queries:
+        waiting = services.device_hello(device_pk=device.pk, hello=hello)
+    assert waiting is False
+    if connection.vendor == "postgresql":
+        assert len(queries.captured_queries) == 1, [query["sql"] for query in queries.captured_queries]
+    device.refresh_from_db()
+    # An empty field leaves the stored value alone.
+    assert (device.name, device.os, device.allows_browse) == ("renamed", "Linux", True)
+    assert device.arch == _device(registration).arch
+
+    command = services.command_issue(actor=Actor(user=acme.technician, role="technician"), device=device, kind="ping")
+    assert services.device_hello(device_pk=device.pk, hello={}) is True
+    assert _device(registration).allows_browse is False  # no consent given in this hello
+    Command.objects.filter(pk=command.pk).update(status=Command.Status.DELIVERED)
+    assert services.device_hello(device_pk=device.pk, hello={}) is True  # sent, never acknowledged
+    Command.objects.filter(pk=command.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.device_hello(device_pk=device.pk, hello={}) is False
+    Command.objects.filter(pk=command.pk).update(status=Command.Status.SUCCEEDED, expires_at=command.expires_at)
+    assert services.device_hello(device_pk=device.pk, hello={}) is False
