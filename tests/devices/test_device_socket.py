@@ -31,6 +31,7 @@ async def test_it_accepts_a_device_token_in_the_authorization_header(registratio
     assert welcome["heartbeat_interval"] == 30 and welcome["device_id"] == "device-0001"
     device = await db(_device)(registration)
     assert device.is_live and device.name == "renamed-laptop" and device.timezone == "Europe/Berlin"
+    assert abs((timezone.now() - device.last_seen_at).total_seconds()) < 30
     assert device.allows_browse and device.connection_channel
     await socket.close()
     device = await db(_device)(registration)
@@ -442,3 +443,14 @@ def test_a_hello_is_stored_and_says_whether_commands_wait_in_one_statement(regis
     assert services.device_hello(device_pk=device.pk, hello={}) is False
     Command.objects.filter(pk=command.pk).update(status=Command.Status.SUCCEEDED, expires_at=command.expires_at)
     assert services.device_hello(device_pk=device.pk, hello={}) is False
+
+
+def test_a_connection_stores_where_and_when_the_device_connected(registration):
+    connected = services.device_connect(
+        token=registration.token, channel_name="specific.w!x#1", ip_address="203.0.113.5", attempt="run.1"
+    )
+    assert connected is not None and connected.device_pk == registration.device.pk
+    device = _device(registration)
+    assert device.is_live and device.connection_channel == "specific.w!x#1" and device.connection_attempt == "run.1"
+    assert device.public_ip == "203.0.113.5"
+    assert abs((timezone.now() - device.last_seen_at).total_seconds()) < 30
