@@ -52,12 +52,14 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-import common
+import common  # puts the repository on sys.path
 from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
+
+from devices import protocol  # the portal's own close codes and reasons
 
 HEARTBEAT = b'{"v":1,"type":"heartbeat"}'
 # An unknown type: the portal answers it with an `error` frame at once, without touching the
@@ -549,7 +551,15 @@ class Fleet:
             device.stopped = True
             self.stats[f"stopped_{code}"] += 1
         if device.wanted and not device.stopped and not self.stopping:
-            self.schedule(device, self.backoff_delay(device))
+            # As the agent: a busy portal's 4013 says when to come back, and that is no failure.
+            retry_after = None
+            if code == protocol.CLOSE_TRY_AGAIN_LATER and proto is not None:
+                retry_after = protocol.retry_after_of(proto.close_reason or "")
+            if retry_after is not None:
+                self.stats["told_retry_after"] += 1
+                self.schedule(device, retry_after + self.rng.uniform(0, 0.5))
+            else:
+                self.schedule(device, self.backoff_delay(device))
         self.check_progress()
 
     def set_target(self, target: int) -> None:

@@ -15,6 +15,7 @@ connection is one loop over the frames of its socket. A device's connection name
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -245,6 +246,43 @@ MAX_HANDSHAKES_IN_PROGRESS = 64
 _handshakes_in_progress = 0
 
 
+class AdmissionPacer:
+    """When a device turned away in a reconnect storm should come back (the reason of its 4013).
+
+    Each device turned away gets the next slot of a virtual queue that drains at the rate this
+    process completes handshakes, so the storm's devices come back spread over the time the
+    process needs for them. Left to their own backoff they guessed: the workers sat idle for
+    40-50 % of a storm while devices waited out delays that had grown with each refusal.
+    The rate is never taken below ASSUMED_RATE (a process that has just started has measured
+    nothing): too short a delay costs one more refusal, too long an idle worker.
+    """
+
+    WINDOW_SECONDS = 2.0
+    ASSUMED_RATE = 100.0  # handshakes a second
+    MIN_DELAY_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._completed: collections.deque[float] = collections.deque()
+        self._next_slot = 0.0
+
+    def handshake_done(self, now: float | None = None) -> None:
+        self._completed.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: float) -> float:
+        while self._completed and self._completed[0] < now - self.WINDOW_SECONDS:
+            self._completed.popleft()
+        return max(self.ASSUMED_RATE, len(self._completed) / self.WINDOW_SECONDS)
+
+    def retry_after(self, now: float | None = None) -> float:
+        """Seconds until the next free slot, which this call takes."""
+        now = time.monotonic() if now is None else now
+        self._next_slot = max(self._next_slot, now + self.MIN_DELAY_SECONDS) + 1.0 / self.rate(now)
+        return self._next_slot - now
+
+
+admission = AdmissionPacer()
+
+
 def _hello_and_take_commands(*, device_pk: int, hello: dict[str, Any]) -> list[dict[str, Any]]:
     """Store the hello and take the commands that waited for the device: one trip to the thread pool."""
     if not services.device_hello(device_pk=device_pk, hello=hello):
@@ -296,7 +334,7 @@ class DeviceConnection:
             # A reconnect storm: turn the device away at once, so that it backs off and comes back,
             # rather than queueing its handshake behind thousands whose devices time out meanwhile
             # (measured: without this limit 10,000 reconnecting devices never got back).
-            await self._refuse(protocol.CLOSE_TRY_AGAIN_LATER)
+            await self._refuse(protocol.CLOSE_TRY_AGAIN_LATER, protocol.busy_reason(admission.retry_after()))
             return
         self.hub = hub = await _hub()
         self.name = hub.connection_name()
@@ -314,6 +352,7 @@ class DeviceConnection:
             )
         finally:
             _handshakes_in_progress -= 1
+            admission.handshake_done()
         if connected is None:
             await self._refuse(protocol.CLOSE_UNAUTHENTICATED)
             return
@@ -331,15 +370,15 @@ class DeviceConnection:
         self.last_message_at = time.monotonic()
         await self._send_message({"type": "websocket.accept", "subprotocol": self.subprotocol})
 
-    async def _refuse(self, code: int) -> None:
+    async def _refuse(self, code: int, reason: str = "") -> None:
         # Accept first: a close code can only be sent on an open websocket.
         await self._send_message({"type": "websocket.accept", "subprotocol": self.subprotocol})
-        await self.close(code)
+        await self.close(code, reason)
 
-    async def close(self, code: int) -> None:
+    async def close(self, code: int, reason: str = "") -> None:
         if not self.closed:
             self.closed = True
-            await self._send_message({"type": "websocket.close", "code": code})
+            await self._send_message({"type": "websocket.close", "code": code, "reason": reason})
 
     async def _disconnected(self) -> None:
         hub = self.hub

@@ -29,8 +29,28 @@ CLOSE_REVOKED = 4003
 CLOSE_HEARTBEAT_TIMEOUT = 4008
 CLOSE_FRAME_TOO_LARGE = 4009
 CLOSE_RATE_LIMITED = 4029
-# The server is busy (a reconnect storm): back off and try again; 4000 + RFC 6455's 1013.
+# The server is busy (a reconnect storm): try again later; 4000 + RFC 6455's 1013. The close
+# reason says when: `retry_after=<seconds>` (see busy_reason).
 CLOSE_TRY_AGAIN_LATER = 4013
+RETRY_AFTER_MAX_SECONDS = 120.0
+
+
+def busy_reason(retry_after: float) -> str:
+    """The close reason of a 4013: when the device should come back, in seconds."""
+    return f"retry_after={min(max(retry_after, 0.0), RETRY_AFTER_MAX_SECONDS):.1f}"
+
+
+def retry_after_of(reason: str) -> float | None:
+    """Read busy_reason's seconds back; None for any other reason (an older portal sends none)."""
+    name, _, value = (reason or "").partition("=")
+    if name != "retry_after":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(seconds, RETRY_AFTER_MAX_SECONDS) if seconds >= 0 else None
+
 
 ENGINES = {
     "files",

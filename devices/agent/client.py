@@ -128,6 +128,7 @@ class Agent:
         self.ring = ring or RingBufferHandler()
         self.display = display or ProgressDisplay(None, bar=False)
         self.backoff = backoff or Backoff()
+        self._close_reason = ""  # of the last connection, as the portal sent it
         self.items = {item.item_id: item for item in protected_folders(options.protect)}
         for item in self.items.values():
             if not item.path.exists():
@@ -182,7 +183,7 @@ class Agent:
                     logger.warning("The portal no longer accepts this device's token (close code %s).", code)
                     self.state.set_token("")
                     continue
-                delay = self.backoff.next_delay()
+                delay = self._reconnect_delay(code)
                 logger.info("Reconnecting in %.1f s.", delay)
                 await self._sleep(delay)
         except FatalError as error:
@@ -321,9 +322,20 @@ class Agent:
         self._attempts += 1
         return f"{self._run_id}.{self._attempts}"
 
+    def _reconnect_delay(self, code: int | None) -> float:
+        """The portal's own time when it turned us away busy (4013 with retry_after), else backoff.
+
+        A busy portal gives each device it turns away its own slot, spread over the time it needs
+        for all of them; that delay is not a failure of ours, so the backoff does not grow."""
+        retry_after = protocol.retry_after_of(self._close_reason) if code == protocol.CLOSE_TRY_AGAIN_LATER else None
+        if retry_after is not None:
+            return self.backoff.after(retry_after)
+        return self.backoff.next_delay()
+
     async def _connect_once(self) -> int | None:
         """Open the websocket and serve it until it closes; return the close code (None: no connection)."""
         url = rest.websocket_url(self.options.server)
+        self._close_reason = ""
         extra: dict[str, Any] = {"ssl": self.tls} if self.tls is not None else {}
         opened_at = None
         try:
@@ -343,6 +355,7 @@ class Agent:
                 opened_at = time.monotonic()
                 return await self._serve(ws)
         except ConnectionClosed as closed:
+            self._close_reason = closed.rcvd.reason if closed.rcvd is not None else ""
             return closed.rcvd.code if closed.rcvd is not None else 1006
         except InvalidStatus as error:
             logger.warning("The portal refused the websocket: HTTP %s.", error.response.status_code)
@@ -398,6 +411,7 @@ class Agent:
                     logger.debug("Ignored a %r frame.", message.get("type"))
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else 1006
+            self._close_reason = closed.rcvd.reason if closed.rcvd is not None else ""
             level = logging.INFO if code == protocol.CLOSE_NORMAL else logging.WARNING
             logger.log(level, "The connection closed (code %s).", code)
             return code

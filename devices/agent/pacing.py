@@ -45,6 +45,10 @@ class Backoff:
         self.attempt += 1
         return delay
 
+    def after(self, seconds: float) -> float:
+        """The delay the portal asked for, with half a second of jitter; the attempt count stays."""
+        return seconds + self._rng.uniform(0, 0.5)
+
     def connection_ended(self, lasted_seconds: float) -> None:
         if lasted_seconds >= self.reset_after:
             self.attempt = 0

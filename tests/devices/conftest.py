@@ -66,10 +66,14 @@ class DeviceSocket:
         return await self.communicator.receive_json_from(timeout=timeout)
 
     async def receive_close_code(self, timeout: float = 3):
+        return (await self.receive_close(timeout))["code"]
+
+    async def receive_close(self, timeout: float = 3) -> dict:
+        """The close the portal sent: {"code": ..., "reason": ...}."""
         while True:
             output = await self.communicator.receive_output(timeout=timeout)
             if output["type"] == "websocket.close":
-                return output.get("code")
+                return {"code": output.get("code"), "reason": output.get("reason", "")}
 
     async def hello(self, **fields):
         fields.setdefault("name", "alice-laptop")

@@ -128,6 +128,27 @@ def test_it_resets_backoff_only_after_a_connection_that_lasted_a_minute():
     assert backoff.ceiling() == 1
 
 
+def test_a_busy_portal_s_retry_after_sets_the_reconnect_delay_and_the_backoff_stays(tmp_path):
+    agent = make_agent(tmp_path)
+    agent.backoff = Backoff(rng=HighestDraw())
+    agent._close_reason = "retry_after=7.0"
+    assert agent._reconnect_delay(4013) == 7.5  # the portal's time, and at most half a second more
+    assert agent.backoff.attempt == 0
+    # Any other close, or a 4013 without a time (an older portal), backs off as before.
+    assert agent._reconnect_delay(1006) == 1 and agent.backoff.attempt == 1
+    agent._close_reason = ""
+    assert agent._reconnect_delay(4013) == 2 and agent.backoff.attempt == 2
+
+
+def test_it_reads_only_a_well_formed_retry_after():
+    from devices import protocol
+
+    assert protocol.retry_after_of(protocol.busy_reason(3.25)) == 3.2
+    assert protocol.retry_after_of(protocol.busy_reason(10_000)) == protocol.RETRY_AFTER_MAX_SECONDS
+    for reason in ("", "busy", "retry_after=", "retry_after=soon", "retry_after=-1", "wait=3"):
+        assert protocol.retry_after_of(reason) is None, reason
+
+
 # --- State file -----------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import pytest
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from devices import consumers, live, services
+from devices import consumers, live, protocol, services
 from devices.models import Command, Device
 from tenants.audit import Actor
 from tests.devices.conftest import db, register
@@ -157,7 +157,11 @@ async def test_it_turns_devices_away_while_too_many_handshakes_wait(registration
     monkeypatch.setattr(consumers, "_handshakes_in_progress", consumers.MAX_HANDSHAKES_IN_PROGRESS)
     busy = device_socket(registration.token)
     await busy.connect()
-    assert await busy.receive_close_code() == 4013
+    close = await busy.receive_close()
+    assert close["code"] == 4013
+    # The device is told when to come back: a slot of the process's queue, at least a second away.
+    retry_after = protocol.retry_after_of(close["reason"])
+    assert retry_after is not None and retry_after >= consumers.AdmissionPacer.MIN_DELAY_SECONDS
     assert not (await db(Device.objects.get)(pk=registration.device.pk)).is_live
     monkeypatch.setattr(consumers, "_handshakes_in_progress", 0)
     welcome = device_socket(registration.token)
@@ -247,3 +251,22 @@ async def test_the_first_connection_of_a_process_may_replace_one_of_a_process_th
     await socket.hello()
     name = await db(lambda: Device.objects.get(pk=registration.device.pk).connection_channel)()
     assert name != "specific.gone!dead#1" and live.CONNECTION_SEPARATOR in name
+
+
+def test_devices_turned_away_are_given_slots_spread_at_the_rate_handshakes_complete():
+    pacer = consumers.AdmissionPacer()
+    now = 1000.0
+    # Nothing measured yet: slots a 1/ASSUMED_RATE apart, from a second away.
+    first, second = pacer.retry_after(now), pacer.retry_after(now)
+    assert first == pytest.approx(1.0 + 1 / pacer.ASSUMED_RATE)
+    assert second - first == pytest.approx(1 / pacer.ASSUMED_RATE)
+    # 400 handshakes done in the last two seconds: 200 a second, so slots 5 ms apart.
+    for number in range(400):
+        pacer.handshake_done(now - 2.0 + number * 0.005)
+    third, fourth = pacer.retry_after(now), pacer.retry_after(now)
+    assert fourth - third == pytest.approx(1 / 200)
+    # 1,000 devices turned away at once come back over the five seconds the process needs for them.
+    last = [pacer.retry_after(now) for _ in range(1000)][-1]
+    assert last == pytest.approx(fourth + 1000 / 200)
+    # Later, with the queue drained, a device is told a second again.
+    assert pacer.retry_after(now + 60) == pytest.approx(1.0 + 1 / pacer.ASSUMED_RATE)
