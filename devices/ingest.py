@@ -60,7 +60,7 @@ class IngestBuffer:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
                 await self.flush()
-            except Exception:  # a failed flush keeps nothing back from the next one
+            except Exception:  # what it held is written with the next flush
                 logger.exception("Flushing device heartbeats and status failed")
 
     async def flush(self) -> None:
@@ -76,9 +76,19 @@ class IngestBuffer:
                     changed[device_pk] = (tenant_id, status)
                     digests[device_pk] = digest
             if seen or changed:
-                await database_sync_to_async(_write)(seen, changed)
-            # Only after the write succeeded: a failed flush writes these statuses next time.
+                try:
+                    await database_sync_to_async(_write)(seen, changed)
+                except Exception:
+                    self._keep_for_next_flush(seen, changed)
+                    raise
             self.written.update(digests)
+
+    def _keep_for_next_flush(self, seen: dict[int, datetime], statuses: dict[int, tuple[int, dict[str, Any]]]) -> None:
+        """Put back what a failed write held (the database was away, or ended the write); what came
+        in meanwhile is newer and wins. The buffer holds one entry a device, so it stays bounded
+        however long the database is away."""
+        self.seen = {**seen, **self.seen}
+        self.statuses = {**statuses, **self.statuses}
 
 
 def _inventory_digest(status: dict[str, Any]) -> bytes:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -27,6 +29,10 @@ from tenants.audit import Actor, audit_event_build, audit_record, audit_record_m
 from tenants.models import Tenant
 from tenants.personal_data import BACKUP_ACCOUNT
 from tenants.services_erasure import suppression_check
+
+logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 COMMAND_TTL = timedelta(hours=24)
@@ -501,6 +507,39 @@ def _attempt_is_older(attempt: str, *, than: str) -> bool:
     return int(new.group(2)) < int(live_one.group(2))
 
 
+# SQLSTATEs of a transaction PostgreSQL rolled back so that another could go on: a deadlock (40P01),
+# a serialization failure (40001). Nothing of it was written, so it can simply run again.
+_ROLLED_BACK_FOR_ANOTHER = {"40P01", "40001"}
+WRITE_ATTEMPTS = 3
+
+
+def _retried_when_rolled_back_for_another(write: Callable[P, R]) -> Callable[P, R]:
+    """Run a bulk write again when the database ended it to break a deadlock.
+
+    Two bulk writes of one device's row can wait on each other: a process's goodbyes and its
+    heartbeat flush, or two processes' upserts of an account's vaults when its devices report
+    through both (seen in a reconnect storm). Each write locks its rows in id order, which makes
+    that rare; when it still happens, one of them is rolled back and runs again here, rather than
+    failing and dropping a batch of heartbeats, statuses or goodbyes. Not inside a transaction of
+    the caller's: only the whole transaction could be run again.
+    """
+
+    @functools.wraps(write)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return write(*args, **kwargs)
+            except OperationalError as error:
+                sqlstate = getattr(error.__cause__, "sqlstate", None)
+                if sqlstate not in _ROLLED_BACK_FOR_ANOTHER or attempt == WRITE_ATTEMPTS or connection.in_atomic_block:
+                    raise
+                logger.info("%s was rolled back (SQLSTATE %s); running it again.", write.__name__, sqlstate)
+        raise AssertionError("unreachable")
+
+    return run
+
+
+@_retried_when_rolled_back_for_another
 def devices_disconnected(*, connections: list[tuple[int, int, str]]) -> None:
     """Mark devices offline, each unless a newer connection has replaced the one that ended.
 
@@ -511,6 +550,7 @@ def devices_disconnected(*, connections: list[tuple[int, int, str]]) -> None:
     if not connections:
         return
     now = timezone.now()
+    connections = sorted(connections)  # rows locked in id order, as every bulk write of devices
     tenants = {device_pk: tenant_id for device_pk, tenant_id, _ in connections}
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -633,6 +673,7 @@ def inventory_apply(*, device_pk: int, tenant_id: int, status: dict[str, Any]) -
         )
 
 
+@_retried_when_rolled_back_for_another
 def inventory_apply_many(*, statuses: dict[int, tuple[int, dict[str, Any]]]) -> None:
     """Replace many devices' protected items and vault usage from their latest `status` reports.
 
@@ -679,6 +720,10 @@ def inventory_apply_many(*, statuses: dict[int, tuple[int, dict[str, Any]]]) -> 
                 encryption_format=vault.get("encryption_format", 0),
                 key_id=vault.get("key_id", ""),
             )
+    # Upserted in key order: two processes upserting one account's vaults in different orders
+    # wait on each other's rows (a deadlock).
+    items = dict(sorted(items.items()))
+    vaults = dict(sorted(vaults.items()))
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
@@ -703,10 +748,12 @@ def inventory_apply_many(*, statuses: dict[int, tuple[int, dict[str, Any]]]) -> 
         )
 
 
+@_retried_when_rolled_back_for_another
 def devices_touch(*, seen: dict[int, datetime]) -> None:
     """Write many devices' last-seen times in one statement (heartbeats are coalesced per process)."""
     if not seen:
         return
+    seen = dict(sorted(seen.items()))  # rows locked in id order, as every bulk write of devices
     if connection.vendor == "postgresql":
         # One UPDATE joined to the arrays: QuerySet.bulk_update builds a CASE WHEN per row, which
         # cost about a millisecond of Python per device and held the process's database thread.
