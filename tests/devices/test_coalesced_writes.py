@@ -20,9 +20,10 @@ import pytest
 from django.db import OperationalError, connection
 from django.utils import timezone
 
-from devices import services
+from devices import selectors, services
 from devices.ingest import IngestBuffer
-from devices.models import Device, ProtectedItem
+from devices.models import Device, ProtectedItem, StorageVault
+from tenants.audit import SYSTEM
 from tests.devices.conftest import db, register
 
 pytestmark = [
@@ -123,3 +124,72 @@ async def test_a_flush_the_database_ended_is_written_with_the_next_one_and_newer
     )()
     assert items == [("docs", 7)]
     assert ingest.seen == {} and ingest.statuses == {}
+
+
+def _items_with_row_versions(device_pk: int) -> dict[str, tuple[str, int, int]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT item_id, name, size_bytes, xmin::text::bigint FROM devices_protecteditem WHERE device_id = %s",
+            [device_pk],
+        )
+        return {item_id: (name, size, version) for item_id, name, size, version in cursor.fetchall()}
+
+
+def test_statuses_are_upserted_together_and_rows_they_leave_as_they_were_are_not_written(
+    registration, account, l_key_hex
+):
+    first = registration.device
+    second = register(account, l_key_hex, device_id="device-0002").device
+    tenant = first.tenant_id
+
+    def item(item_id, size):
+        return {"item_id": item_id, "name": item_id.title(), "engine": "files", "size_bytes": size}
+
+    def vault(used):
+        return {"vault_id": "v1", "name": "Office NAS", "kind": "smb", "bytes_used": used, "key_id": "e1"}
+
+    services.inventory_apply_many(
+        statuses={
+            first.pk: (tenant, {"protected_items": [item("docs", 10), item("mail", 20)], "vaults": [vault(100)]}),
+            second.pk: (tenant, {"protected_items": [item("docs", 30)]}),
+        }
+    )
+    before = _items_with_row_versions(first.pk)
+    assert {key: value[:2] for key, value in before.items()} == {"docs": ("Docs", 10), "mail": ("Mail", 20)}
+    assert _items_with_row_versions(second.pk)["docs"][:2] == ("Docs", 30)
+    stored = StorageVault.objects.get(account=account, vault_id="v1")
+    assert (stored.kind, stored.bytes_used, stored.key_id, stored.quota_bytes, stored.credentials) == (
+        "smb",
+        100,
+        "e1",
+        0,
+        "",
+    )
+    services.vault_credentials_set(actor=SYSTEM, vault=stored, credentials={"access_key": "AK"})
+    stored.refresh_from_db()
+    unchanged_since = stored.updated_at
+
+    # Both devices of the account report the vault, the same as stored: no write. "docs" is as it
+    # was, "mail" grew, "photos" is new; the second device no longer protects anything.
+    services.inventory_apply_many(
+        statuses={
+            first.pk: (
+                tenant,
+                {"protected_items": [item("docs", 10), item("mail", 25), item("photos", 1)], "vaults": [vault(100)]},
+            ),
+            second.pk: (tenant, {"protected_items": [], "vaults": [vault(100)]}),
+        }
+    )
+    after = _items_with_row_versions(first.pk)
+    assert after["docs"] == before["docs"]  # the same row version: not written again
+    assert after["mail"][:2] == ("Mail", 25) and after["mail"][2] != before["mail"][2]
+    assert after["photos"][:2] == ("Photos", 1)
+    assert _items_with_row_versions(second.pk) == {}
+    stored.refresh_from_db()
+    assert stored.updated_at == unchanged_since and stored.bytes_used == 100
+    assert selectors.vault_credentials(vault=stored) == {"access_key": "AK"}  # an admin's credentials stay
+
+    services.inventory_apply_many(statuses={second.pk: (tenant, {"vaults": [vault(150)]})})
+    stored.refresh_from_db()
+    assert stored.bytes_used == 150 and stored.updated_at > unchanged_since
+    assert StorageVault.objects.filter(account=account).count() == 1
