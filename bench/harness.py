@@ -28,14 +28,15 @@ UVICORN_ARGS = [
     # thousands of goodbyes (a database write each).
     "--timeout-graceful-shutdown",
     "5",
-    # A short accept queue: in a reconnect storm the default (2,048) filled with handshakes whose
-    # devices had given up waiting, and the worker spent itself on them (congestion collapse).
-    "--backlog",
-    "128",
     "--no-access-log",
     "--log-level",
     "warning",
 ]
+
+
+# As docs/deployment.md recommends: long enough that a reconnect storm's surplus reaches the worker,
+# which turns it away at once with a time to come back, rather than being dropped by the kernel.
+DEFAULT_BACKLOG = 1024
 
 
 class ServerSet:
@@ -52,6 +53,7 @@ class ServerSet:
         duration: float = 3600,
         extra_args: list[str] | None = None,
         app: str = DEFAULT_APP,
+        backlog: int = DEFAULT_BACKLOG,
     ) -> None:
         self.kind, self.ports = kind, ports
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -70,6 +72,8 @@ class ServerSet:
                     "--port",
                     str(port),
                     *UVICORN_ARGS,
+                    "--backlog",
+                    str(backlog),
                     *(extra_args or []),
                 ]
             elif kind == "baseline":
@@ -421,11 +425,14 @@ class Fleet:
         max_pending: int = 100,
         connect_rate: float = 400,
         app: str = DEFAULT_APP,
+        backlog: int = DEFAULT_BACKLOG,
     ) -> None:
         self.log_dir = common.LOG_DIR / name
         self.app = app
         self.worker_ports = [base_port + 1 + offset for offset in range(workers)]
-        self.servers = ServerSet("portal", self.worker_ports, cpus=server_cpus, env=env, log_dir=self.log_dir, app=app)
+        self.servers = ServerSet(
+            "portal", self.worker_ports, cpus=server_cpus, env=env, log_dir=self.log_dir, app=app, backlog=backlog
+        )
         self.proxy: Proxy | None = None
         self.shards: Shards | None = None
         try:

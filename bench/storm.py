@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--own-redis-port", type=int, default=6391)
     parser.add_argument("--redis-down", type=float, default=5.0, help="seconds Redis stays down (mode redis)")
     parser.add_argument("--settle", type=float, default=65.0, help="seconds connected before the storm")
+    parser.add_argument("--backlog", type=int, default=harness.DEFAULT_BACKLOG, help="each worker's accept queue")
     parser.add_argument("--storm-timeout", type=float, default=900.0, help="give up waiting after this")
     harness.common_args(parser, name="storm", base_port=8700)
     parser.set_defaults(shards=2)
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "settle_seconds": args.settle,
             "commands_during_the_cut": args.commands,
             "redis": f"the bench's own redis-server on port {args.own_redis_port}" if own_redis else None,
-            "backoff": "full jitter, [0, min(60, 1 x 2^attempt)] s; open timeout 20 s",
+            "backlog": args.backlog,
+            "backoff": "full jitter, [0, min(60, 1 x 2^attempt)] s, or a 4013's retry_after + [0, 0.5] s; "
+            "open timeout 20 s",
         },
         seeded=seeded,
     )
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         duration=args.max_seconds,
         max_pending=args.max_pending,
         app=args.app,
+        backlog=args.backlog,
     )
     assert fleet.shards is not None
     shards = fleet.shards
@@ -127,7 +131,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fleet.servers.stop()
             results["restart_stop_seconds"] = round(time.monotonic() - started, 2)
             fleet.servers = harness.ServerSet(
-                "portal", fleet.worker_ports, cpus=args.server_cpus, env=env, log_dir=fleet.log_dir, app=args.app
+                "portal",
+                fleet.worker_ports,
+                cpus=args.server_cpus,
+                env=env,
+                log_dir=fleet.log_dir,
+                app=args.app,
+                backlog=args.backlog,
             )
             results["restart_seconds"] = round(time.monotonic() - started, 2)
             results["old_server_pids_stopped"] = len(old_pids)
