@@ -236,6 +236,8 @@ def test_commands_round_trip_through_the_proxy_reaches_the_browser(bench_env, tm
             "2",
             "--echo-seconds",
             "2",
+            "--settle",
+            "1",
             "--base-port",
             str(_free_base_port()),
             "--results-dir",
