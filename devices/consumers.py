@@ -266,12 +266,17 @@ class AdmissionPacer:
         self._next_slot = 0.0
 
     def handshake_done(self, now: float | None = None) -> None:
-        self._completed.append(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        self._completed.append(now)
+        self._forget_before(now - self.WINDOW_SECONDS)  # bounded, refusals or none
 
     def rate(self, now: float) -> float:
-        while self._completed and self._completed[0] < now - self.WINDOW_SECONDS:
-            self._completed.popleft()
+        self._forget_before(now - self.WINDOW_SECONDS)
         return max(self.ASSUMED_RATE, len(self._completed) / self.WINDOW_SECONDS)
+
+    def _forget_before(self, moment: float) -> None:
+        while self._completed and self._completed[0] < moment:
+            self._completed.popleft()
 
     def retry_after(self, now: float | None = None) -> float:
         """Seconds until the next free slot, which this call takes."""
