@@ -7,7 +7,6 @@ the layer drops costs a delay, never data.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
@@ -16,6 +15,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+from portal.outbox import outbox
 
 logger = logging.getLogger(__name__)
 PUSHES_IN_FLIGHT = 50
@@ -150,89 +151,41 @@ async def _send_events(layer: Any, tenant_id: int, events: list[dict[str, Any]])
 _DEVICES, _BROWSERS = "devices", "browsers"
 
 
-class Outbox:
-    """The layer sends of one server process, made by one task on its event loop (Outbox.run).
-
-    put() may be called from any thread (services run in the thread pool): it hands the send to
-    the loop and returns at once, instead of holding the thread until Redis has answered. What
-    piles up while a send is in flight goes out together next: a tenant's browser events in one
-    `live.updates` message, in order, and pushes to devices in one message per process
-    (send_to_device_channels_async). The batched presence changes go from the same task. With
-    one sender, a process needs one Redis connection for all it sends: a send from each thread of
-    the pool, and from each handshake that replaced a connection, had opened a connection each,
-    and the pool kept them after a reconnect storm (redis-py pools keep their peak).
-
-    put() returns False where no outbox runs (Celery, a management command, a test without a
-    device socket): the caller sends at once, as before.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: list[tuple[str, Any, dict[str, Any]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-
-    def put(self, kind: str, target: Any, message: dict[str, Any]) -> bool:
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None or loop.is_closed() or not loop.is_running():
-            return False
-        with self._lock:
-            self._pending.append((kind, target, message))
-        loop.call_soon_threadsafe(wake.set)
-        return True
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Take sends for `loop` from now on, before run() has started on it: a handshake served in
-        the same turn of the loop may already have something to send."""
-        if self._loop is loop and self._wake is not None:
-            return
-        with self._lock:
-            self._pending = []  # left by a loop that closed (tests run a loop each)
-        self._loop, self._wake = loop, asyncio.Event()
-        presence_batch.loop = loop
-
-    async def run(self) -> None:
-        self.bind(asyncio.get_running_loop())
-        wake = self._wake
-        assert self._loop is not None and wake is not None
-        next_presence = self._loop.time() + PRESENCE_FLUSH_SECONDS
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=max(0.0, next_presence - self._loop.time()))
-                wake.clear()
-                with self._lock:
-                    pending, self._pending = self._pending, []
-                await _send_together(pending)
-                if self._loop.time() >= next_presence:
-                    next_presence = self._loop.time() + PRESENCE_FLUSH_SECONDS
-                    await presence_flush()
-        finally:
-            if self._wake is wake:
-                self._loop = self._wake = None
-
-
-async def _send_together(pending: list[tuple[str, Any, dict[str, Any]]]) -> None:
-    layer = get_channel_layer()
-    if layer is None or not pending:
-        return
-    events: dict[int, list[dict[str, Any]]] = {}
+async def _send_to_devices(batch: list[tuple[Any, dict[str, Any]]]) -> None:
+    """Pushes of one kind to devices of one process go as one message (send_to_device_channels_async)."""
     pushes: dict[str, tuple[dict[str, Any], list[str]]] = {}
-    for kind, target, message in pending:
-        if kind == _BROWSERS:
-            events.setdefault(target, []).append(message)
-        else:
-            key = json.dumps(message, sort_keys=True)
-            pushes.setdefault(key, (message, []))[1].extend(target)
+    for channels, message in batch:
+        key = json.dumps(message, sort_keys=True)
+        pushes.setdefault(key, (message, []))[1].extend(channels)
     for message, channels in pushes.values():
         await send_to_device_channels_async(channels, message)
+
+
+async def _send_to_browsers(batch: list[tuple[Any, dict[str, Any]]]) -> None:
+    """A tenant's browser events go as one `live.updates` message, in order."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    events: dict[int, list[dict[str, Any]]] = {}
+    for tenant_id, event in batch:
+        events.setdefault(tenant_id, []).append(event)
     for tenant_id, tenant_events in events.items():
         await _send_events(layer, tenant_id, tenant_events)
 
 
-outbox = Outbox()
 # How often the batched presence changes go to browsers.
 PRESENCE_FLUSH_SECONDS = 0.5
+# Pushes to devices first: a command's way to its device is the one someone waits for.
+outbox.register(_DEVICES, _send_to_devices, rank=0)
+outbox.register(_BROWSERS, _send_to_browsers, rank=1)
+outbox.every(PRESENCE_FLUSH_SECONDS, presence_flush)
+
+
+def _batch_presence_on(loop: asyncio.AbstractEventLoop) -> None:
+    presence_batch.loop = loop
+
+
+outbox.on_bind.append(_batch_presence_on)
 
 
 def command_status(command: Any) -> None:

@@ -161,7 +161,8 @@ REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis's layer with a send of one round trip instead of four (portal/layers.py).
+            "BACKEND": "portal.layers.RedisChannelLayer",
             # socket_timeout above the layer's 5 s blocking read: with redis-py 8 the default
             # timeout equals it and consumers die with TimeoutError (channels_redis#422).
             "CONFIG": {

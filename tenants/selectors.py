@@ -3,14 +3,18 @@ tenant, so that a row of another tenant is simply not found (404), never forbidd
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from portal.rows import Columns, instances_from_row
 from tenants.access import SAFE_METHODS
 from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
 from tenants.models_access import AccessRequest
@@ -45,12 +49,12 @@ def tenant_access_get(*, user, slug: str, api_key: ApiKey | None = None) -> Tena
     """
     if user is None or not user.is_authenticated:
         raise Http404
+    if api_key is not None:
+        return _api_key_access(api_key, user=user, slug=slug)
     membership = Membership.objects.select_related("tenant").filter(tenant__slug=slug, user=user).first()
     if membership is not None:
-        if api_key is not None and api_key.tenant_id != membership.tenant_id:
-            raise Http404
         return TenantAccess(tenant=membership.tenant, membership=membership)
-    if not user.is_staff or api_key is not None:
+    if not user.is_staff:
         raise Http404
     tenant = Tenant.objects.filter(slug=slug).first()
     if tenant is None:
@@ -61,6 +65,19 @@ def tenant_access_get(*, user, slug: str, api_key: ApiKey | None = None) -> Tena
     return TenantAccess(
         tenant=tenant, membership=Membership(tenant=tenant, user=user, role=STAFF_GRANT_ROLE), grant=grant
     )
+
+
+def _api_key_access(api_key: ApiKey, *, user, slug: str) -> TenantAccess:
+    """An API key reaches only the tenant it was made for, through its holder's membership there;
+    never through a staff grant (grants are for browser sessions)."""
+    if api_key.tenant.slug != slug or api_key.user_id != user.pk:
+        raise Http404
+    membership = getattr(api_key, "holder_membership", None)
+    if not hasattr(api_key, "holder_membership"):  # a key not read by api_key_authenticate
+        membership = Membership.objects.filter(tenant_id=api_key.tenant_id, user=user).first()
+    if membership is None:
+        raise Http404
+    return TenantAccess(tenant=api_key.tenant, membership=membership)
 
 
 def memberships_for_user(*, user) -> QuerySet[Membership]:
@@ -134,14 +151,47 @@ def api_key_get(*, tenant: Tenant, user, key_id: int) -> ApiKey:
         raise Http404 from None
 
 
+@functools.cache
+def _api_key_columns() -> tuple[Columns, Columns, Columns, Columns]:
+    # The tenant's logo stays deferred: every API request reads this row.
+    return (
+        Columns(ApiKey, "k"),
+        Columns(get_user_model(), "u"),
+        Columns(Tenant, "t", skip=("logo",)),
+        Columns(Membership, "m"),
+    )
+
+
 def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
-    """Return the live API key matching a presented bearer key, or None."""
+    """Return the live API key matching a presented bearer key, or None.
+
+    One statement reads the key, its holder, its tenant and the holder's membership there (None if
+    they left the team), which tenant_access_get then uses: every API request needs all four.
+    """
     key_hash = hashlib.sha256(raw_key.encode()).hexdigest()
-    key = ApiKey.objects.select_related("user", "tenant").filter(key_hash=key_hash).first()
-    if key is None or key.revoked_at is not None or not key.user.is_active:
+    columns = _api_key_columns()
+    key_c, user_c, tenant_c, membership_c = columns
+    sql = (
+        f"SELECT {', '.join(c.select() for c in columns)} FROM {key_c.table} k "  # noqa: S608 - names from models
+        f"JOIN {user_c.table} u ON u.id = k.user_id JOIN {tenant_c.table} t ON t.id = k.tenant_id "
+        f"LEFT JOIN {membership_c.table} m ON m.tenant_id = k.tenant_id AND m.user_id = k.user_id "
+        "WHERE k.key_hash = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [key_hash])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    key, user, tenant, membership = instances_from_row(columns, row)
+    assert isinstance(key, ApiKey) and isinstance(tenant, Tenant)
+    if key.revoked_at is not None or not user.is_active:
         return None
     if key.expires_at is not None and key.expires_at <= timezone.now():
         return None
+    key.user, key.tenant = user, tenant
+    if isinstance(membership, Membership):
+        membership.tenant, membership.user = tenant, user
+    key.holder_membership = membership  # type: ignore[attr-defined]
     return key
 
 

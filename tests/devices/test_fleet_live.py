@@ -86,10 +86,12 @@ async def test_device_connects_and_disconnects_reach_browsers_batched_with_the_l
 
 async def test_a_process_sends_what_piles_up_together_from_one_task(monkeypatch):
     """The outbox merges: a tenant's browser events into one message, in order, and pushes of one
-    kind to devices of one process into one message (one Redis connection serves a process)."""
+    kind to devices of one process into one message (one Redis connection serves a process).
+    Pushes to devices go first, other group messages (audit events) last, whatever came first."""
     from channels.layers import get_channel_layer
 
     from devices import live
+    from portal.outbox import outbox
 
     layer = get_channel_layer()
     sent: list[tuple[str, str, dict]] = []
@@ -103,8 +105,9 @@ async def test_a_process_sends_what_piles_up_together_from_one_task(monkeypatch)
     monkeypatch.setattr(layer, "group_send", group_send)
     monkeypatch.setattr(layer, "send", send)
     replaced = {"type": "device.replaced"}
-    await live._send_together(
+    await outbox.send_together(
         [
+            ("groups", "tenant.1.audit", {"type": "audit.event"}),
             ("browsers", 1, {"n": 1}),
             ("devices", ("specific.a!x#1",), replaced),
             ("browsers", 2, {"n": 2}),
@@ -118,9 +121,12 @@ async def test_a_process_sends_what_piles_up_together_from_one_task(monkeypatch)
             ("send", "specific.b!y", {"type": "device.replaced", "connections": ["specific.b!y#7"]}),
             ("group", live.devices_group_name(1), {"type": "live.updates", "events": [{"n": 1}, {"n": 3}]}),
             ("group", live.devices_group_name(2), {"type": "live.updates", "events": [{"n": 2}]}),
+            ("group", "tenant.1.audit", {"type": "audit.event"}),
         ],
         key=str,
     )
+    order = [kind if kind == "send" else message["type"] for kind, _, message in sent]
+    assert order == ["send", "send", "live.updates", "live.updates", "audit.event"]
 
 
 async def test_services_in_a_process_with_device_sockets_send_through_its_outbox(

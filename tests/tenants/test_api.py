@@ -113,6 +113,36 @@ def test_it_keeps_a_globex_key_out_of_acme_even_for_a_member_of_both(acme, globe
     assert client_for(globex.owner).get("/api/v1/t/acme/team/").status_code == 200
 
 
+def test_it_lets_a_key_in_only_while_its_holder_is_a_member_and_with_their_role_of_now(acme):
+    raw = api_key(acme.admin, acme.tenant)
+    membership = Membership.objects.get(tenant=acme.tenant, user=acme.admin)
+    assert bearer(raw).get("/api/v1/t/acme/team/").status_code == 200
+
+    membership.role = "auditor"
+    membership.save(update_fields=["role"])
+    response = bearer(raw).post("/api/v1/t/acme/invitations/", {"email": "z@example.com", "role": "admin"})
+    assert error_of(response, 403)["code"] == "permission_denied"
+
+    membership.delete()  # without the revocation that removing a member through the team makes
+    assert error_of(bearer(raw).get("/api/v1/t/acme/team/"), 404)["code"] == "not_found"
+
+
+def test_it_reads_a_key_its_holder_tenant_and_membership_in_one_query(acme, django_assert_num_queries):
+    from tenants.selectors import api_key_authenticate, tenant_access_get
+
+    raw = api_key(acme.admin, acme.tenant)
+    with django_assert_num_queries(1):
+        key = api_key_authenticate(raw_key=raw)
+        access = tenant_access_get(user=key.user, slug="acme", api_key=key)
+    assert (key.user, key.tenant, access.tenant, access.membership.role) == (
+        acme.admin,
+        acme.tenant,
+        acme.tenant,
+        "admin",
+    )
+    assert access.membership.user is key.user
+
+
 @VIA
 def test_it_refuses_every_write_by_an_auditor_and_changes_nothing(acme, via):
     client = api_client(acme.auditor, acme.tenant, via)
