@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from devices import keys, live
 from devices.models import BackupAccount, Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
+from portal import rows
 from tenants.audit import Actor, audit_event_build, audit_record, audit_record_many
 from tenants.models import Tenant
 from tenants.personal_data import BACKUP_ACCOUNT
@@ -793,6 +794,14 @@ def _erasing(account_ids: set[int]) -> set[int]:
     return set(BackupAccount.objects.filter(pk__in=account_ids, erasure_pending=True).values_list("pk", flat=True))
 
 
+def _account_erasing(device: Device) -> bool:
+    """Whether an erasure holds the device's account: from the account read with the device
+    (devices.selectors.device_get, moments before), else from the database."""
+    if Device.account.is_cached(device):
+        return device.account.erasure_pending
+    return bool(_erasing({device.account_id}))
+
+
 def _validate_command(device: Device, kind: str, parameters: dict[str, Any], erasing: bool) -> dict[str, Any]:
     if kind not in Command.Kind.values:
         raise ValidationError({"kind": "Unknown command."})
@@ -826,8 +835,8 @@ def command_issue(
     *, actor: Actor, device: Device, kind: str, parameters: dict[str, Any] | None = None, ttl: timedelta = COMMAND_TTL
 ) -> Command:
     """Persist a command for a device, audit it, and tell the device's connection after commit."""
-    parameters = _validate_command(device, kind, parameters or {}, bool(_erasing({device.account_id})))
-    command = Command.objects.create(
+    parameters = _validate_command(device, kind, parameters or {}, _account_erasing(device))
+    command = Command(
         tenant_id=device.tenant_id,
         device=device,
         kind=kind,
@@ -835,6 +844,7 @@ def command_issue(
         issued_by=actor.user,
         expires_at=timezone.now() + ttl,
     )
+    rows.insert(command)  # every command issued is this row: no compiled insert
     audit_record(
         actor=actor,
         tenant=device.tenant,

@@ -1,7 +1,7 @@
-"""Model instances from the columns of one hand-written join.
+"""Model instances from the columns of one hand-written join, and new rows in one statement.
 
-For the few reads every request or command makes: one statement instead of several compiled ORM
-lookups (compiling them was a fifth of an API request's CPU, bench/README.md). The columns come
+For the few reads and writes every request or command makes: one statement instead of several
+compiled ORM queries (compiling them was a fifth of an API request's CPU, bench/README.md). The columns come
 from the models, so a new field is read without touching the SQL, and each value passes through
 its field's converters as in the ORM.
 """
@@ -54,3 +54,28 @@ def instances_from_row(columns: Sequence[Columns], row: Sequence[Any]) -> list[M
         instances.append(group.instance(row[start:end]))
         start = end
     return instances
+
+
+def insert(instance: Model) -> None:
+    """Write a new instance as Model.save() would (field defaults, auto_now_add, the database's
+    form of each value), in one statement that returns its primary key, without compiling the
+    ORM's insert. No signals are sent: for models that have no receivers."""
+    meta = instance._meta
+    pk = meta.pk
+    assert pk is not None and instance._state.adding, "insert() writes new rows only"
+    fields = [field for field in meta.concrete_fields if not (field is pk and getattr(instance, field.attname) is None)]
+    values = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    returning = pk not in fields and connection.features.can_return_columns_from_insert
+    if returning:
+        sql += f" RETURNING {quote(pk.column)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        if pk not in fields:
+            setattr(instance, pk.attname, cursor.fetchone()[0] if returning else cursor.lastrowid)
+    instance._state.adding = False
+    instance._state.db = connection.alias
