@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--connections", type=int, default=32, help="keep-alive API connections")
     parser.add_argument("--proxy-devices-max", type=int, default=8000)
     parser.add_argument("--echo-seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=int, default=50, help="commands at 10/s before the first level, not counted")
     parser.add_argument(
         "--settle", type=float, default=30.0, help="seconds connected before the first level (one heartbeat round)"
     )
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rates": args.rates,
             "seconds_per_level": args.seconds,
             "settle_seconds": args.settle,
+            "warmup_commands": args.warmup,
             "api_connections": args.connections,
             "workers": args.workers,
             "proxy": "haproxy (bench/haproxy.cfg), leastconn",
@@ -314,6 +316,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ready = asyncio.Event()
             browser_task = asyncio.create_task(browser.run(fleet.proxy_port, tenant_slug, session_key, ready))
             await asyncio.wait_for(ready.wait(), timeout=30)
+            if args.warmup:
+                # Each keep-alive connection's first request, each pool thread's first statement
+                # and each worker's first pooled database connections are paid here, not by the
+                # first level (a portal that has been running has paid them long ago).
+                warmup = await issue_level(
+                    port=fleet.proxy_port,
+                    tenant_slug=tenant_slug,
+                    api_key=api_key,
+                    devices=devices,
+                    rate=10.0,
+                    seconds=args.warmup / 10.0,
+                    connections=args.connections,
+                    browser=browser,
+                    rng=rng,
+                )
+                results["warmup"] = {key: warmup[key] for key in ("issued", "pushed_to_browser", "round_trip")}
             for rate in [float(value) for value in args.rates.split(",") if value]:
                 load_before = common.loadavg()
                 cpu = common.CpuWindow(fleet.server_pids)

@@ -13,6 +13,7 @@ django_asgi_application = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
 
 from portal.websocket_urls import (  # noqa: E402
     DEVICE_PREFIX,
@@ -31,6 +32,10 @@ async def websocket_application(scope: dict[str, Any], receive: Any, send: Any) 
 
 
 application = ProtocolTypeRouter({"http": django_asgi_application, "websocket": websocket_application})
+
+# The URL configuration imports every view module (DRF, the schema generator, the admin): loaded
+# now, instead of by each worker's first request (which took over 100 ms longer than the next).
+get_resolver().url_patterns  # noqa: B018
 
 # Everything loaded so far (Django, the apps, their modules) lives as long as the process: moved
 # out of the collector's generations, full collections no longer walk it. Near 20,000 connections

@@ -29,10 +29,11 @@ class Columns:
             for field, column in zip(self.fields, self._columns, strict=True)
         ]
         self._attnames = [field.attname for field in self.fields]
+        quote = connection.ops.quote_name
+        self._select = ", ".join(f"{alias}.{quote(field.column)}" for field in self.fields)
 
     def select(self) -> str:
-        quote = connection.ops.quote_name
-        return ", ".join(f"{self.alias}.{quote(field.column)}" for field in self.fields)
+        return self._select
 
     def instance(self, values: Sequence[Any]) -> Model | None:
         """The instance these values (in select() order) make; None for a row a LEFT JOIN missed."""

@@ -238,6 +238,8 @@ def test_commands_round_trip_through_the_proxy_reaches_the_browser(bench_env, tm
             "2",
             "--settle",
             "1",
+            "--warmup",
+            "5",
             "--base-port",
             str(_free_base_port()),
             "--results-dir",
@@ -255,6 +257,7 @@ def test_commands_round_trip_through_the_proxy_reaches_the_browser(bench_env, tm
     # Both workers served API requests or held devices: the proxy spread the work.
     assert len(result["devices_per_worker"]) == 2, result["devices_per_worker"]
     assert result["summary"]["echo_p50_ms"] is not None
+    assert result["warmup"]["issued"] == result["warmup"]["pushed_to_browser"] == 5
 
 
 @pytest.mark.timeout(420)
