@@ -178,8 +178,14 @@ def device_list(*, tenant: Tenant, filters: DeviceFilters = DeviceFilters()) -> 
 
 
 @functools.cache
-def _device_and_account_columns() -> tuple[Columns, Columns]:
-    return Columns(Device, "d"), Columns(BackupAccount, "a", skip=ACCOUNT_HEAVY_FIELDS)
+def _device_read() -> tuple[tuple[Columns, Columns], str]:
+    columns = device, account = Columns(Device, "d"), Columns(BackupAccount, "a", skip=ACCOUNT_HEAVY_FIELDS)
+    sql = (
+        f"SELECT {device.select()}, {account.select()} FROM {device.table} d "  # noqa: S608 - names from models
+        f"JOIN {account.table} a ON a.id = d.account_id "
+        "WHERE d.tenant_id = %s AND d.id = %s AND NOT a.erasure_pending"
+    )
+    return columns, sql
 
 
 def device_get(*, tenant: Tenant, device_pk: int) -> Device:
@@ -192,13 +198,7 @@ def device_get(*, tenant: Tenant, device_pk: int) -> Device:
         device_pk = int(device_pk)
     except (TypeError, ValueError):
         raise Http404 from None
-    columns = _device_and_account_columns()
-    device_c, account_c = columns
-    sql = (
-        f"SELECT {device_c.select()}, {account_c.select()} FROM {device_c.table} d "  # noqa: S608 - names from models
-        f"JOIN {account_c.table} a ON a.id = d.account_id "
-        "WHERE d.tenant_id = %s AND d.id = %s AND NOT a.erasure_pending"
-    )
+    columns, sql = _device_read()
     with connection.cursor() as cursor:
         cursor.execute(sql, [tenant.pk, device_pk])
         row = cursor.fetchone()

@@ -152,14 +152,21 @@ def api_key_get(*, tenant: Tenant, user, key_id: int) -> ApiKey:
 
 
 @functools.cache
-def _api_key_columns() -> tuple[Columns, Columns, Columns, Columns]:
+def _api_key_read() -> tuple[tuple[Columns, ...], str]:
     # The tenant's logo stays deferred: every API request reads this row.
-    return (
+    columns = key, user, tenant, membership = (
         Columns(ApiKey, "k"),
         Columns(get_user_model(), "u"),
         Columns(Tenant, "t", skip=("logo",)),
         Columns(Membership, "m"),
     )
+    sql = (
+        f"SELECT {', '.join(c.select() for c in columns)} FROM {key.table} k "  # noqa: S608 - names from models
+        f"JOIN {user.table} u ON u.id = k.user_id JOIN {tenant.table} t ON t.id = k.tenant_id "
+        f"LEFT JOIN {membership.table} m ON m.tenant_id = k.tenant_id AND m.user_id = k.user_id "
+        "WHERE k.key_hash = %s"
+    )
+    return columns, sql
 
 
 def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
@@ -169,14 +176,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     they left the team), which tenant_access_get then uses: every API request needs all four.
     """
     key_hash = hashlib.sha256(raw_key.encode()).hexdigest()
-    columns = _api_key_columns()
-    key_c, user_c, tenant_c, membership_c = columns
-    sql = (
-        f"SELECT {', '.join(c.select() for c in columns)} FROM {key_c.table} k "  # noqa: S608 - names from models
-        f"JOIN {user_c.table} u ON u.id = k.user_id JOIN {tenant_c.table} t ON t.id = k.tenant_id "
-        f"LEFT JOIN {membership_c.table} m ON m.tenant_id = k.tenant_id AND m.user_id = k.user_id "
-        "WHERE k.key_hash = %s"
-    )
+    columns, sql = _api_key_read()
     with connection.cursor() as cursor:
         cursor.execute(sql, [key_hash])
         row = cursor.fetchone()
