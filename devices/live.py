@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -175,31 +176,66 @@ async def _send_to_browsers(batch: list[tuple[Any, dict[str, Any]]]) -> None:
 
 # How often the batched presence changes go to browsers.
 PRESENCE_FLUSH_SECONDS = 0.5
-# Pushes to devices first: a command's way to its device is the one someone waits for.
-outbox.register(_DEVICES, _send_to_devices, rank=0)
-outbox.register(_BROWSERS, _send_to_browsers, rank=1)
-outbox.every(PRESENCE_FLUSH_SECONDS, presence_flush)
-
-
-def _batch_presence_on(loop: asyncio.AbstractEventLoop) -> None:
-    presence_batch.loop = loop
-
-
-outbox.on_bind.append(_batch_presence_on)
 
 
 def command_status(command: Any) -> None:
-    _to_browsers(
-        command.tenant_id,
-        {
-            "kind": "command_status",
-            "device": command.device_id,
-            "command": command.pk,
-            "command_kind": command.kind,
-            "status": command.status,
-            "error": command.error,
-        },
-    )
+    event = {
+        "kind": "command_status",
+        "device": command.device_id,
+        "command": command.pk,
+        "command_kind": command.kind,
+        "status": command.status,
+        "error": command.error,
+    }
+    if command.status in INTERIM_STATUSES and interim_statuses.hold(command.tenant_id, command.pk, event):
+        return
+    interim_statuses.supersede(command.pk)
+    _to_browsers(command.tenant_id, event)
+
+
+# A command's interim statuses wait this long for the next one; one that ends meanwhile is shown
+# only ending. Most commands (a ping) end within milliseconds of their delivery: three group sends
+# a command from the device's worker, each made while it handled the device's next frame, became
+# one. A command that runs longer still shows each step, this much later.
+INTERIM_HOLD_SECONDS = 0.1
+INTERIM_STATUSES = frozenset({"delivered", "acknowledged", "running"})
+
+
+class InterimStatuses:
+    """The latest interim status of each command, held for INTERIM_HOLD_SECONDS. Held only while
+    the outbox runs on a live event loop (a process with device sockets); otherwise sent at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[int, tuple[float, int, dict[str, Any]]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def hold(self, tenant_id: int, command_pk: int, event: dict[str, Any]) -> bool:
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return False
+        with self._lock:
+            since = self._held[command_pk][0] if command_pk in self._held else time.monotonic()
+            self._held[command_pk] = (since, tenant_id, event)
+        return True
+
+    def supersede(self, command_pk: int) -> None:
+        with self._lock:
+            self._held.pop(command_pk, None)
+
+    def take_due(self, held_before: float) -> list[tuple[int, dict[str, Any]]]:
+        with self._lock:
+            due = [pk for pk, (since, _, _) in self._held.items() if since <= held_before]
+            return [self._held.pop(pk)[1:] for pk in due]
+
+
+interim_statuses = InterimStatuses()
+
+
+async def interim_statuses_flush() -> None:
+    due = interim_statuses.take_due(time.monotonic() - INTERIM_HOLD_SECONDS)
+    if due:
+        await _send_to_browsers(due)
 
 
 def command_status_after_commit(command: Any) -> None:
@@ -225,3 +261,17 @@ def job_update(tenant_id: int, job: Any) -> None:
             "dedup_ratio": job.dedup_ratio,
         },
     )
+
+
+# Pushes to devices first: a command's way to its device is the one someone waits for.
+outbox.register(_DEVICES, _send_to_devices, rank=0)
+outbox.register(_BROWSERS, _send_to_browsers, rank=1)
+outbox.every(PRESENCE_FLUSH_SECONDS, presence_flush)
+outbox.every(INTERIM_HOLD_SECONDS / 4, interim_statuses_flush)
+
+
+def _hold_on(loop: asyncio.AbstractEventLoop) -> None:
+    presence_batch.loop = interim_statuses.loop = loop
+
+
+outbox.on_bind.append(_hold_on)

@@ -17,6 +17,7 @@
     failed: "Failed",
     cancelled: "Cancelled",
   };
+  const ENDED_COMMANDS = new Set(["succeeded", "failed", "cancelled", "expired"]);
   const COMMAND_LABELS = {
     queued: "Queued",
     delivered: "Delivered",
@@ -69,6 +70,8 @@
 
   function commandStatus(event) {
     document.querySelectorAll(`[data-command="${Number(event.command)}"]`).forEach((row) => {
+      // An interim status is sent a moment late (devices.live): never let it undo an end.
+      if (ENDED_COMMANDS.has(row.dataset.status) && !ENDED_COMMANDS.has(event.status)) return;
       setStatus(row, event.status, COMMAND_LABELS);
       setField(row, "error", event.error || "");
     });
