@@ -30,7 +30,7 @@ class Columns:
         ]
         self._attnames = [field.attname for field in self.fields]
         quote = connection.ops.quote_name
-        self._select = ", ".join(f"{alias}.{quote(field.column)}" for field in self.fields)
+        self._select = ", ".join(f"{alias}.{quote(str(field.column))}" for field in self.fields)
 
     def select(self) -> str:
         return self._select
@@ -68,12 +68,12 @@ def insert(instance: Model) -> None:
     values = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
     quote = connection.ops.quote_name
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(str(field.column)) for field in fields)}) "  # noqa: S608
         f"VALUES ({', '.join(['%s'] * len(fields))})"
     )
     returning = pk not in fields and connection.features.can_return_columns_from_insert
     if returning:
-        sql += f" RETURNING {quote(pk.column)}"
+        sql += f" RETURNING {quote(str(pk.column))}"
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         if pk not in fields:

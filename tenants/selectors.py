@@ -183,7 +183,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     if row is None:
         return None
     key, user, tenant, membership = instances_from_row(columns, row)
-    assert isinstance(key, ApiKey) and isinstance(tenant, Tenant)
+    assert isinstance(key, ApiKey) and isinstance(tenant, Tenant) and isinstance(user, get_user_model())
     if key.revoked_at is not None or not user.is_active:
         return None
     if key.expires_at is not None and key.expires_at <= timezone.now():
