@@ -794,14 +794,6 @@ def _erasing(account_ids: set[int]) -> set[int]:
     return set(BackupAccount.objects.filter(pk__in=account_ids, erasure_pending=True).values_list("pk", flat=True))
 
 
-def _account_erasing(device: Device) -> bool:
-    """Whether an erasure holds the device's account: from the account read with the device
-    (devices.selectors.device_get, moments before), else from the database."""
-    if Device.account.is_cached(device):
-        return device.account.erasure_pending
-    return bool(_erasing({device.account_id}))
-
-
 def _validate_command(device: Device, kind: str, parameters: dict[str, Any], erasing: bool) -> dict[str, Any]:
     if kind not in Command.Kind.values:
         raise ValidationError({"kind": "Unknown command."})
@@ -835,7 +827,7 @@ def command_issue(
     *, actor: Actor, device: Device, kind: str, parameters: dict[str, Any] | None = None, ttl: timedelta = COMMAND_TTL
 ) -> Command:
     """Persist a command for a device, audit it, and tell the device's connection after commit."""
-    parameters = _validate_command(device, kind, parameters or {}, _account_erasing(device))
+    parameters = _validate_command(device, kind, parameters or {}, bool(_erasing({device.account_id})))
     command = Command(
         tenant_id=device.tenant_id,
         device=device,
