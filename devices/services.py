@@ -794,6 +794,13 @@ def _erasing(account_ids: set[int]) -> set[int]:
     return set(BackupAccount.objects.filter(pk__in=account_ids, erasure_pending=True).values_list("pk", flat=True))
 
 
+def _account_erasing(account_id: int) -> bool:
+    """_erasing for the one account of a command: a written-out statement, read on every command."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM devices_backupaccount WHERE id = %s AND erasure_pending", [account_id])
+        return cursor.fetchone() is not None
+
+
 def _validate_command(device: Device, kind: str, parameters: dict[str, Any], erasing: bool) -> dict[str, Any]:
     if kind not in Command.Kind.values:
         raise ValidationError({"kind": "Unknown command."})
@@ -827,7 +834,7 @@ def command_issue(
     *, actor: Actor, device: Device, kind: str, parameters: dict[str, Any] | None = None, ttl: timedelta = COMMAND_TTL
 ) -> Command:
     """Persist a command for a device, audit it, and tell the device's connection after commit."""
-    parameters = _validate_command(device, kind, parameters or {}, bool(_erasing({device.account_id})))
+    parameters = _validate_command(device, kind, parameters or {}, _account_erasing(device.account_id))
     command = Command(
         tenant_id=device.tenant_id,
         device=device,
