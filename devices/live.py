@@ -202,12 +202,15 @@ INTERIM_STATUSES = frozenset({"delivered", "acknowledged", "running"})
 
 
 class InterimStatuses:
-    """The latest interim status of each command, held for INTERIM_HOLD_SECONDS. Held only while
-    the outbox runs on a live event loop (a process with device sockets); otherwise sent at once."""
+    """The latest interim status of each command, held for INTERIM_HOLD_SECONDS, then handed to the
+    outbox by a timer on the loop (armed only while something is held: a loop that wakes for
+    nothing costs an idle fleet's workers CPU). Held only while the outbox runs on a live event
+    loop (a process with device sockets); otherwise sent at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[int, tuple[float, int, dict[str, Any]]] = {}
+        self._armed = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def hold(self, tenant_id: int, command_pk: int, event: dict[str, Any]) -> bool:
@@ -217,6 +220,9 @@ class InterimStatuses:
         with self._lock:
             since = self._held[command_pk][0] if command_pk in self._held else time.monotonic()
             self._held[command_pk] = (since, tenant_id, event)
+            arm, self._armed = not self._armed, True
+        if arm:
+            loop.call_soon_threadsafe(loop.call_later, INTERIM_HOLD_SECONDS, self._release_due)
         return True
 
     def supersede(self, command_pk: int) -> None:
@@ -228,14 +234,19 @@ class InterimStatuses:
             due = [pk for pk, (since, _, _) in self._held.items() if since <= held_before]
             return [self._held.pop(pk)[1:] for pk in due]
 
+    def _release_due(self) -> None:
+        """On the loop: hand what has waited long enough to the outbox; wait again for the rest."""
+        now = time.monotonic()
+        for tenant_id, event in self.take_due(now - INTERIM_HOLD_SECONDS):
+            _to_browsers(tenant_id, event)
+        with self._lock:
+            first = min((since for since, _, _ in self._held.values()), default=None)
+            self._armed = first is not None
+        if first is not None and self.loop is not None:
+            self.loop.call_later(max(0.0, first + INTERIM_HOLD_SECONDS - now), self._release_due)
+
 
 interim_statuses = InterimStatuses()
-
-
-async def interim_statuses_flush() -> None:
-    due = interim_statuses.take_due(time.monotonic() - INTERIM_HOLD_SECONDS)
-    if due:
-        await _send_to_browsers(due)
 
 
 def command_status_after_commit(command: Any) -> None:
@@ -267,7 +278,6 @@ def job_update(tenant_id: int, job: Any) -> None:
 outbox.register(_DEVICES, _send_to_devices, rank=0)
 outbox.register(_BROWSERS, _send_to_browsers, rank=1)
 outbox.every(PRESENCE_FLUSH_SECONDS, presence_flush)
-outbox.every(INTERIM_HOLD_SECONDS / 4, interim_statuses_flush)
 
 
 def _hold_on(loop: asyncio.AbstractEventLoop) -> None:

@@ -196,31 +196,27 @@ async def test_a_commands_interim_statuses_wait_and_its_end_supersedes_them(monk
 
     from devices import live
 
-    at_once, flushed = [], []
-    monkeypatch.setattr(live, "_to_browsers", lambda tenant_id, event: at_once.append(event["status"]))
-
-    async def record(batch):
-        flushed.extend(event["status"] for _, event in batch)
-
-    monkeypatch.setattr(live, "_send_to_browsers", record)
+    sent = []
+    monkeypatch.setattr(live, "_to_browsers", lambda tenant_id, event: sent.append(event["status"]))
     ping = SimpleNamespace(tenant_id=1, device_id=2, pk=3, kind="ping", status="delivered", error="")
     backup = SimpleNamespace(tenant_id=1, device_id=2, pk=4, kind="run_backup", status="delivered", error="")
     live.interim_statuses.loop = asyncio.get_running_loop()  # as the device sockets' outbox sets it
     try:
         for command, status in ((ping, "delivered"), (backup, "delivered"), (ping, "acknowledged")):
             command.status = status
-            live.command_status(command)
+            await sync_to_async(live.command_status)(command)  # from a thread, as services run
         backup.status = "running"
-        live.command_status(backup)
-        await live.interim_statuses_flush()
-        assert at_once == flushed == []  # all held
+        await sync_to_async(live.command_status)(backup)
+        await asyncio.sleep(live.INTERIM_HOLD_SECONDS / 2)
+        assert sent == []  # all held
         ping.status = "succeeded"
         live.command_status(ping)
-        assert at_once == ["succeeded"]
-        await asyncio.sleep(live.INTERIM_HOLD_SECONDS + 0.02)
-        await live.interim_statuses_flush()
-        assert flushed == ["running"]  # the backup's latest; the ping's were superseded
+        assert sent == ["succeeded"]
+        await asyncio.sleep(live.INTERIM_HOLD_SECONDS)
+        assert sent == ["succeeded", "running"]  # the backup's latest; the ping's were superseded
+        await asyncio.sleep(live.INTERIM_HOLD_SECONDS * 2)
+        assert sent == ["succeeded", "running"]  # and nothing more: the timer is not armed again
     finally:
         live.interim_statuses.loop = None
     live.command_status(SimpleNamespace(tenant_id=1, device_id=2, pk=5, kind="ping", status="delivered", error=""))
-    assert at_once == ["succeeded", "delivered"]  # no outbox running: sent at once
+    assert sent == ["succeeded", "running", "delivered"]  # no outbox running: sent at once
