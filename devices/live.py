@@ -225,6 +225,11 @@ class InterimStatuses:
             loop.call_soon_threadsafe(loop.call_later, INTERIM_HOLD_SECONDS, self._release_due)
         return True
 
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Hold for `loop` from now on: what a closed loop held, and its timer, are gone with it."""
+        with self._lock:
+            self._held, self._armed, self.loop = {}, False, loop
+
     def supersede(self, command_pk: int) -> None:
         with self._lock:
             self._held.pop(command_pk, None)
@@ -281,7 +286,8 @@ outbox.every(PRESENCE_FLUSH_SECONDS, presence_flush)
 
 
 def _hold_on(loop: asyncio.AbstractEventLoop) -> None:
-    presence_batch.loop = interim_statuses.loop = loop
+    presence_batch.loop = loop
+    interim_statuses.bind(loop)
 
 
 outbox.on_bind.append(_hold_on)

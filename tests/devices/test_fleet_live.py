@@ -200,7 +200,7 @@ async def test_a_commands_interim_statuses_wait_and_its_end_supersedes_them(monk
     monkeypatch.setattr(live, "_to_browsers", lambda tenant_id, event: sent.append(event["status"]))
     ping = SimpleNamespace(tenant_id=1, device_id=2, pk=3, kind="ping", status="delivered", error="")
     backup = SimpleNamespace(tenant_id=1, device_id=2, pk=4, kind="run_backup", status="delivered", error="")
-    live.interim_statuses.loop = asyncio.get_running_loop()  # as the device sockets' outbox sets it
+    live.interim_statuses.bind(asyncio.get_running_loop())  # as the device sockets' outbox does
     try:
         for command, status in ((ping, "delivered"), (backup, "delivered"), (ping, "acknowledged")):
             command.status = status
@@ -217,6 +217,6 @@ async def test_a_commands_interim_statuses_wait_and_its_end_supersedes_them(monk
         await asyncio.sleep(live.INTERIM_HOLD_SECONDS * 2)
         assert sent == ["succeeded", "running"]  # and nothing more: the timer is not armed again
     finally:
-        live.interim_statuses.loop = None
+        live.interim_statuses.bind(None)
     live.command_status(SimpleNamespace(tenant_id=1, device_id=2, pk=5, kind="ping", status="delivered", error=""))
     assert sent == ["succeeded", "running", "delivered"]  # no outbox running: sent at once
