@@ -58,10 +58,57 @@ def _heartbeat_interval() -> float:
 
 # How often each process looks for queued commands of its own live devices that no push reached.
 UNDELIVERED_SWEEP_SECONDS = 2.0
-# Goodbyes written in one statement at most.
-GOODBYES_PER_WRITE = 2000
+# Goodbyes, or deliveries, written in one statement at most.
+WRITES_PER_STATEMENT = 2000
 # Seconds the hub waits before reading its channel again after the layer failed (Redis away).
 LAYER_RETRY_SECONDS = 1.0
+
+
+class CoalescedWrites:
+    """Items written by one service in batches: the first at once, those that come while a write
+    runs in the next one. A reconnect storm ends thousands of connections at once, and one write
+    each queued the handshakes of the devices coming back behind them in the thread pool."""
+
+    def __init__(self, write: Callable[[list[Any]], Any], *, per_write: int, what: str) -> None:
+        self._write, self._per_write, self._what = write, per_write, what
+        self._pending: list[tuple[Any, asyncio.Future[None] | None]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def write(self, item: Any) -> None:
+        """Write `item` with the next batch; return once it is written."""
+        written = asyncio.get_running_loop().create_future()
+        self._add(item, written)
+        await written
+
+    def write_soon(self, item: Any) -> None:
+        """Write `item` with the next batch without waiting; a failure is logged."""
+        self._add(item, None)
+
+    def _add(self, item: Any, written: asyncio.Future[None] | None) -> None:
+        self._pending.append((item, written))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._per_write]
+            del self._pending[: self._per_write]
+            try:
+                await _database(self._write)([item for item, _ in batch])
+            except asyncio.CancelledError:  # the server stops
+                for _, written in batch + self._pending:
+                    if written is not None:
+                        written.cancel()
+                raise
+            except Exception as error:  # the database is away: this batch fails
+                logger.warning("Writing %d %s failed: %s", len(batch), self._what, error)
+                for _, written in batch:
+                    if written is not None and not written.done():
+                        written.set_exception(error)
+            else:
+                for _, written in batch:
+                    if written is not None and not written.done():
+                        written.set_result(None)
 
 
 class DeviceHub:
@@ -74,40 +121,18 @@ class DeviceHub:
         self._tasks: list[asyncio.Task[None]] = []
         # Handlers of layer messages in flight; kept so that they are not collected while they run.
         self._handling: set[asyncio.Task[None]] = set()
-        self._goodbyes: list[tuple[tuple[int, int, str], asyncio.Future[None]]] = []
-        self._goodbye_writer: asyncio.Task[None] | None = None
-
-    async def goodbye(self, device_pk: int, tenant_id: int, name: str) -> None:
-        """Mark the device of a connection that ended offline; return once that is written.
-
-        Goodbyes are written together: the first at once, and those that come while a write runs
-        in the next one. A reconnect storm ends thousands of connections at once, and one write
-        each queued the handshakes of the devices coming back behind them in the thread pool.
-        """
-        written = asyncio.get_running_loop().create_future()
-        self._goodbyes.append(((device_pk, tenant_id, name), written))
-        if self._goodbye_writer is None or self._goodbye_writer.done():
-            self._goodbye_writer = asyncio.get_running_loop().create_task(self._write_goodbyes())
-        await written
-
-    async def _write_goodbyes(self) -> None:
-        while self._goodbyes:
-            batch = self._goodbyes[:GOODBYES_PER_WRITE]
-            del self._goodbyes[:GOODBYES_PER_WRITE]
-            try:
-                await _database(services.devices_disconnected)(connections=[ended for ended, _ in batch])
-            except asyncio.CancelledError:  # the server stops
-                for _, written in batch + self._goodbyes:
-                    written.cancel()
-                raise
-            except Exception as error:  # the database is away: these connections' goodbyes fail
-                for _, written in batch:
-                    if not written.done():
-                        written.set_exception(error)
-            else:
-                for _, written in batch:
-                    if not written.done():
-                        written.set_result(None)
+        # Connections that ended: (device pk, tenant id, connection name), marked offline together.
+        self.goodbyes = CoalescedWrites(
+            lambda connections: services.devices_disconnected(connections=connections),
+            per_write=WRITES_PER_STATEMENT,
+            what="goodbyes",
+        )
+        # Commands whose frames went out with their push, marked delivered together afterwards.
+        self.deliveries = CoalescedWrites(
+            lambda command_pks: services.commands_mark_delivered(command_pks=command_pks),
+            per_write=WRITES_PER_STATEMENT,
+            what="deliveries",
+        )
 
     def connection_name(self) -> str:
         return f"{self.channel}{live.CONNECTION_SEPARATOR}{next(self._numbers)}"
@@ -392,7 +417,7 @@ class DeviceConnection:
         hub.connections.pop(self.name, None)
         if self.authenticated:
             self.authenticated = False
-            await hub.goodbye(self.device_pk, self.tenant_id, self.name)
+            await hub.goodbyes.write((self.device_pk, self.tenant_id, self.name))
 
     # --- Frames from the device -------------------------------------------------------------
 
@@ -491,7 +516,14 @@ class DeviceConnection:
             if self.closed:
                 return
             if event["type"] == "device.commands":
-                if self.authenticated:
+                if not self.authenticated:
+                    return
+                if "frames" in event:  # a command's own push (command_issue): no database before the frame
+                    if event["device"] == self.device_pk and self.hub is not None:
+                        await self.send_frames(event["frames"])
+                        for command_pk in event["delivering"]:
+                            self.hub.deliveries.write_soon(command_pk)
+                else:
                     take = _database(services.commands_take_for_delivery)
                     await self.send_frames(await take(device_pk=self.device_pk))
             elif event["type"] == "device.replaced":

@@ -854,8 +854,25 @@ def command_issue(
     live.command_status_after_commit(command)
     if device.connection_channel:
         channel = device.connection_channel
-        transaction.on_commit(lambda: live.send_to_device_channel(channel, {"type": "device.commands"}))
+        push = command_push(command)
+        transaction.on_commit(lambda: live.send_to_device_channel(channel, push))
     return command
+
+
+def command_push(command: Command) -> dict[str, Any]:
+    """The push that tells a device's connection of a new command.
+
+    It carries the command's frame: the device's worker sends it at once and marks it delivered
+    afterwards (commands_mark_delivered), where reading it from the database first put a thread
+    hop and a round trip before every frame. A push without frames (bulk commands) makes the
+    worker take the device's waiting commands from the database instead.
+    """
+    return {
+        "type": "device.commands",
+        "device": command.device_id,
+        "frames": [_command_frame(command)],
+        "delivering": [command.pk],
+    }
 
 
 @transaction.atomic
@@ -959,6 +976,36 @@ def commands_take_for_delivery(*, device_pk: int, reconnected: bool = False) -> 
             command.status = Command.Status.DELIVERED
             live.command_status(command)
     return [_command_frame(command) for command in commands]
+
+
+def commands_mark_delivered(*, command_pks: list[int]) -> list[Command]:
+    """Mark delivered those of these commands that are still queued; return them.
+
+    Called after their frames were sent from a push (command_issue): a command the device has
+    acknowledged meanwhile stays where it is, as every status moves only forward.
+    """
+    if not command_pks:
+        return []
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        marked = list(
+            Command.objects.raw(
+                "UPDATE devices_command SET status = %s, delivered_at = %s WHERE id = ANY(%s) AND status = %s "
+                "RETURNING *",
+                [Command.Status.DELIVERED, now, sorted(command_pks), Command.Status.QUEUED],
+            )
+        )
+    else:
+        with transaction.atomic():
+            marked = list(Command.objects.filter(pk__in=command_pks, status=Command.Status.QUEUED))
+            Command.objects.filter(pk__in=[command.pk for command in marked]).update(
+                status=Command.Status.DELIVERED, delivered_at=now
+            )
+        for command in marked:
+            command.status, command.delivered_at = Command.Status.DELIVERED, now
+    for command in marked:
+        live.command_status(command)
+    return marked
 
 
 # commands_take_for_delivery on PostgreSQL: the locked read, the update and the rows in one

@@ -76,6 +76,65 @@ async def test_it_delivers_a_command_whose_push_was_lost(registration, device_so
     await socket.close()
 
 
+async def _connection_name(registration) -> str:
+    return (await db(Device.objects.get)(pk=registration.device.pk)).connection_channel
+
+
+async def test_a_command_s_push_carries_its_frame_and_marks_it_delivered_after_sending(registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_queue_without_push)(registration)
+    push = services.command_push(command)
+    await live.send_to_device_channels_async([await _connection_name(registration)], push)
+    assert await socket.receive(timeout=5) == push["frames"][0]
+    for _ in range(50):
+        stored = await db(Command.objects.get)(pk=command.pk)
+        if stored.status == "delivered":
+            break
+        await asyncio.sleep(0.1)
+    assert stored.status == "delivered" and stored.delivered_at is not None
+    await socket.close()
+
+
+async def test_a_pushed_frame_goes_out_without_reading_the_database_first(registration, device_socket):
+    """The frame comes from the push: a command the database already has past delivery is still
+    sent (a delivery read would find nothing), and marking it delivered does not move it back."""
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_queue_without_push)(registration)
+    push = services.command_push(command)
+    await db(Command.objects.filter(pk=command.pk).update)(status=Command.Status.ACKNOWLEDGED)
+    await live.send_to_device_channels_async([await _connection_name(registration)], push)
+    assert (await socket.receive(timeout=5))["command_id"] == str(command.command_id)
+    await asyncio.sleep(0.3)
+    assert (await db(Command.objects.get)(pk=command.pk)).status == "acknowledged"
+    await socket.close()
+
+
+async def test_a_push_for_another_device_is_not_sent(acme, registration, device_socket):
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_queue_without_push)(registration)
+    push = {**services.command_push(command), "device": registration.device.pk + 1000}
+    await live.send_to_device_channels_async([await _connection_name(registration)], push)
+    assert await socket.communicator.receive_nothing(timeout=0.5)
+    assert (await db(Command.objects.get)(pk=command.pk)).status == "queued"
+    await socket.close()
+
+
+def test_marking_delivered_moves_only_queued_commands(acme, registration):
+    queued, acknowledged = _queue_without_push(registration), _queue_without_push(registration)
+    Command.objects.filter(pk=acknowledged.pk).update(status=Command.Status.ACKNOWLEDGED)
+    marked = services.commands_mark_delivered(command_pks=[queued.pk, acknowledged.pk])
+    assert [command.pk for command in marked] == [queued.pk]
+    assert Command.objects.get(pk=queued.pk).status == "delivered"
+    assert Command.objects.get(pk=acknowledged.pk).status == "acknowledged"
+    assert services.commands_mark_delivered(command_pks=[queued.pk]) == []
+
+
 def test_it_takes_only_queued_unexpired_commands_of_the_process_older_than_the_sweep(acme, registration):
     Device.objects.filter(pk=registration.device.pk).update(connection_channel="specific.worker-a!abc")
     fresh = _queue_without_push(registration)
