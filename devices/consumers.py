@@ -60,6 +60,10 @@ def _heartbeat_interval() -> float:
 UNDELIVERED_SWEEP_SECONDS = 2.0
 # Goodbyes, or deliveries, written in one statement at most.
 WRITES_PER_STATEMENT = 2000
+# How long a command sent with its push waits for its result before its delivery (and its
+# acknowledgement, if one came) is stored on its own. Most commands (a ping) end within
+# milliseconds: their delivery, acknowledgement and result are then one write instead of three.
+SENT_HOLD_SECONDS = 0.1
 # Seconds the hub waits before reading its channel again after the layer failed (Redis away).
 LAYER_RETRY_SECONDS = 1.0
 
@@ -127,9 +131,9 @@ class DeviceHub:
             per_write=WRITES_PER_STATEMENT,
             what="goodbyes",
         )
-        # Commands whose frames went out with their push, marked delivered together afterwards.
+        # Commands sent with their push whose result did not come within SENT_HOLD_SECONDS.
         self.deliveries = CoalescedWrites(
-            lambda command_pks: services.commands_mark_delivered(command_pks=command_pks),
+            lambda sent: services.commands_mark_delivered(sent=sent),
             per_write=WRITES_PER_STATEMENT,
             what="deliveries",
         )
@@ -338,6 +342,8 @@ class DeviceConnection:
         self.scope, self._send_message = scope, send
         self.lock = asyncio.Lock()
         self.last_message_at = time.monotonic()
+        # Commands sent with their push whose delivery is not stored yet, by command id.
+        self.sent: dict[str, services.SentCommand] = {}
 
     async def run(self, receive: Receive) -> None:
         message = await receive()
@@ -415,6 +421,8 @@ class DeviceConnection:
         if hub is None:
             return
         hub.connections.pop(self.name, None)
+        for command_id in list(self.sent):
+            self._store_sent(command_id)
         if self.authenticated:
             self.authenticated = False
             await hub.goodbyes.write((self.device_pk, self.tenant_id, self.name))
@@ -469,10 +477,20 @@ class DeviceConnection:
         return
 
     async def _on_command_ack(self, message: dict[str, Any]) -> None:
+        sent = self.sent.get(message["command_id"])
+        if sent is not None:  # stored with its result, or when its hold ends
+            sent.acknowledged_at = sent.acknowledged_at or timezone.now()
+            return
         await self._advance(message, "acknowledged")
 
     async def _on_command_result(self, message: dict[str, Any]) -> None:
-        await self._advance(message, message["status"], result=message.get("result"), error=message.get("error", ""))
+        await self._advance(
+            message,
+            message["status"],
+            result=message.get("result"),
+            error=message.get("error", ""),
+            sent=self.sent.pop(message["command_id"], None),
+        )
 
     async def _advance(self, message: dict[str, Any], status: str, **extra: Any) -> None:
         command = await _database(services.command_advance)(
@@ -481,7 +499,23 @@ class DeviceConnection:
         if command is None:
             raise protocol.ProtocolError("unknown_command", "No such command for this device.", message["type"])
 
+    def _hold_sent(self, frames: list[dict[str, Any]], command_pks: list[int]) -> None:
+        now = timezone.now()
+        loop = asyncio.get_running_loop()
+        for frame, command_pk in zip(frames, command_pks, strict=True):
+            self.sent[frame["command_id"]] = services.SentCommand(pk=command_pk, delivered_at=now)
+            loop.call_later(SENT_HOLD_SECONDS, self._store_sent, frame["command_id"])
+
+    def _store_sent(self, command_id: str) -> None:
+        """Store a sent command's delivery (and acknowledgement) unless its result stored them."""
+        sent = self.sent.pop(command_id, None)
+        if sent is not None and self.hub is not None:
+            self.hub.deliveries.write_soon(sent)
+
     async def _on_job_started(self, message: dict[str, Any]) -> None:
+        sent = self.sent.pop(message.get("command_id") or "", None)
+        if sent is not None:  # its delivery first, or the job's start would move the command past it
+            await _database(services.commands_mark_delivered)(sent=[sent])
         await _database(services.job_started)(device_pk=self.device_pk, tenant_id=self.tenant_id, message=message)
 
     async def _on_job_progress(self, message: dict[str, Any]) -> None:
@@ -519,10 +553,9 @@ class DeviceConnection:
                 if not self.authenticated:
                     return
                 if "frames" in event:  # a command's own push (command_issue): no database before the frame
-                    if event["device"] == self.device_pk and self.hub is not None:
+                    if event["device"] == self.device_pk:
                         await self.send_frames(event["frames"])
-                        for command_pk in event["delivering"]:
-                            self.hub.deliveries.write_soon(command_pk)
+                        self._hold_sent(event["frames"], event["delivering"])
                 else:
                     take = _database(services.commands_take_for_delivery)
                     await self.send_frames(await take(device_pk=self.device_pk))

@@ -978,34 +978,69 @@ def commands_take_for_delivery(*, device_pk: int, reconnected: bool = False) -> 
     return [_command_frame(command) for command in commands]
 
 
-def commands_mark_delivered(*, command_pks: list[int]) -> list[Command]:
-    """Mark delivered those of these commands that are still queued; return them.
+@dataclass
+class SentCommand:
+    """A command whose frame went out with its push, and what its device said of it since."""
 
-    Called after their frames were sent from a push (command_issue): a command the device has
-    acknowledged meanwhile stays where it is, as every status moves only forward.
+    pk: int
+    delivered_at: datetime
+    acknowledged_at: datetime | None = None
+
+
+def commands_mark_delivered(*, sent: list[SentCommand]) -> list[Command]:
+    """Store that these commands' frames went out (and were acknowledged, where they were); return
+    the commands moved.
+
+    A status moves only forward: a command further along (its result stored) stays where it is.
     """
-    if not command_pks:
+    if not sent:
         return []
-    now = timezone.now()
     if connection.vendor == "postgresql":
+        sent = sorted(sent, key=lambda command: command.pk)  # rows locked in id order
         marked = list(
             Command.objects.raw(
-                "UPDATE devices_command SET status = %s, delivered_at = %s WHERE id = ANY(%s) AND status = %s "
-                "RETURNING *",
-                [Command.Status.DELIVERED, now, sorted(command_pks), Command.Status.QUEUED],
+                _MARK_DELIVERED_SQL,
+                {
+                    "ids": [command.pk for command in sent],
+                    "delivered_at": [command.delivered_at for command in sent],
+                    "acknowledged_at": [command.acknowledged_at for command in sent],
+                    "queued": Command.Status.QUEUED,
+                    "delivered": Command.Status.DELIVERED,
+                    "acknowledged": Command.Status.ACKNOWLEDGED,
+                },
             )
         )
     else:
+        marked = []
         with transaction.atomic():
-            marked = list(Command.objects.filter(pk__in=command_pks, status=Command.Status.QUEUED))
-            Command.objects.filter(pk__in=[command.pk for command in marked]).update(
-                status=Command.Status.DELIVERED, delivered_at=now
-            )
-        for command in marked:
-            command.status, command.delivered_at = Command.Status.DELIVERED, now
+            for one in sent:
+                status = Command.Status.ACKNOWLEDGED if one.acknowledged_at else Command.Status.DELIVERED
+                moves_from = _NEXT_STATUS[status] if one.acknowledged_at else {Command.Status.QUEUED}
+                fields = {"status": status, "delivered_at": one.delivered_at}
+                if one.acknowledged_at:
+                    fields["acknowledged_at"] = one.acknowledged_at
+                if Command.objects.filter(pk=one.pk, status__in=moves_from).update(**fields):
+                    marked.append(Command.objects.get(pk=one.pk))
     for command in marked:
         live.command_status(command)
     return marked
+
+
+# commands_mark_delivered on PostgreSQL: every command sent with its push passes here, so all of a
+# batch in one statement. Acknowledged ones move from queued or delivered (a sweep may have sent
+# one again meanwhile), the others from queued only.
+_MARK_DELIVERED_SQL = """
+    UPDATE devices_command AS c SET
+        status = CASE WHEN sent.acknowledged_at IS NULL THEN %(delivered)s ELSE %(acknowledged)s END,
+        delivered_at = sent.delivered_at,
+        acknowledged_at = COALESCE(sent.acknowledged_at, c.acknowledged_at)
+    FROM unnest(%(ids)s::bigint[], %(delivered_at)s::timestamptz[], %(acknowledged_at)s::timestamptz[])
+        AS sent (id, delivered_at, acknowledged_at)
+    WHERE c.id = sent.id AND (
+        c.status = %(queued)s OR (sent.acknowledged_at IS NOT NULL AND c.status = %(delivered)s)
+    )
+    RETURNING c.*
+"""
 
 
 # commands_take_for_delivery on PostgreSQL: the locked read, the update and the rows in one
@@ -1104,15 +1139,29 @@ _NEXT_STATUS["failed"] = _NEXT_STATUS["cancelled"] = _NEXT_STATUS["succeeded"]
 
 
 def command_advance(
-    *, device_pk: int, command_id: str, status: str, result: Any = None, error: str = ""
+    *,
+    device_pk: int,
+    command_id: str,
+    status: str,
+    result: Any = None,
+    error: str = "",
+    sent: SentCommand | None = None,
 ) -> Command | None:
-    """Move a command forward (never backward) as the device reports; None if it is not this device's."""
+    """Move a command forward (never backward) as the device reports; None if it is not this device's.
+
+    `sent`: the command's frame went out with its push, and its delivery (and acknowledgement) were
+    not stored yet; they are stored with this status, in the same statement.
+    """
     try:
         command_uuid = uuid.UUID(str(command_id))
     except ValueError:
         return None
     now = timezone.now()
     updates: dict[str, Any] = {"status": status}
+    if sent is not None:
+        updates["delivered_at"] = sent.delivered_at
+        if sent.acknowledged_at is not None:
+            updates["acknowledged_at"] = sent.acknowledged_at
     if status == "acknowledged":
         updates["acknowledged_at"] = now
     if status in ("succeeded", "failed", "cancelled"):

@@ -5,6 +5,7 @@ Through Channels' communicator and the real device socket."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -125,14 +126,104 @@ async def test_a_push_for_another_device_is_not_sent(acme, registration, device_
     await socket.close()
 
 
-def test_marking_delivered_moves_only_queued_commands(acme, registration):
-    queued, acknowledged = _queue_without_push(registration), _queue_without_push(registration)
+def test_marking_sent_commands_moves_each_only_forward(acme, registration):
+    queued, acknowledged, answered, swept = (_queue_without_push(registration) for _ in range(4))
     Command.objects.filter(pk=acknowledged.pk).update(status=Command.Status.ACKNOWLEDGED)
-    marked = services.commands_mark_delivered(command_pks=[queued.pk, acknowledged.pk])
-    assert [command.pk for command in marked] == [queued.pk]
-    assert Command.objects.get(pk=queued.pk).status == "delivered"
+    Command.objects.filter(pk=swept.pk).update(status=Command.Status.DELIVERED)
+    sent_at = timezone.now()
+    acked_at = sent_at + timedelta(milliseconds=5)
+    marked = services.commands_mark_delivered(
+        sent=[
+            services.SentCommand(pk=queued.pk, delivered_at=sent_at),
+            services.SentCommand(pk=acknowledged.pk, delivered_at=sent_at),
+            services.SentCommand(pk=answered.pk, delivered_at=sent_at, acknowledged_at=acked_at),
+            # Sent again by a sweep meanwhile; the device's acknowledgement still moves it on.
+            services.SentCommand(pk=swept.pk, delivered_at=sent_at, acknowledged_at=acked_at),
+        ]
+    )
+    assert sorted(command.pk for command in marked) == [queued.pk, answered.pk, swept.pk]
+    stored = {command.pk: command for command in Command.objects.filter(pk__in=[c.pk for c in marked])}
+    assert (stored[queued.pk].status, stored[queued.pk].delivered_at) == ("delivered", sent_at)
+    assert stored[queued.pk].acknowledged_at is None
+    for pk in (answered.pk, swept.pk):
+        assert (stored[pk].status, stored[pk].delivered_at, stored[pk].acknowledged_at) == (
+            "acknowledged",
+            sent_at,
+            acked_at,
+        )
     assert Command.objects.get(pk=acknowledged.pk).status == "acknowledged"
-    assert services.commands_mark_delivered(command_pks=[queued.pk]) == []
+    # Delivered already: a delivery without an acknowledgement does not touch it again.
+    assert services.commands_mark_delivered(sent=[services.SentCommand(pk=queued.pk, delivered_at=acked_at)]) == []
+
+
+async def _stored(command: Command) -> Command:
+    return await db(Command.objects.get)(pk=command.pk)
+
+
+async def _handled(socket) -> None:
+    """Wait until the portal has handled every frame sent so far, without a hello (which would
+    take the device's waiting commands): it answers an unknown command's result with an error."""
+    await socket.send("command_result", command_id=str(uuid.uuid4()), status="succeeded")
+    assert (await socket.receive())["code"] == "unknown_command"
+
+
+async def test_an_acknowledgement_within_the_hold_is_stored_with_the_result_in_one_write(
+    acme, registration, device_socket, monkeypatch
+):
+    monkeypatch.setattr(consumers, "SENT_HOLD_SECONDS", 1.0)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_issue)(acme, registration)
+    frame = await socket.receive()
+    await socket.send("command_ack", command_id=frame["command_id"])
+    await _handled(socket)
+    # Held: neither the delivery nor the acknowledgement has been written on its own.
+    held = await _stored(command)
+    assert (held.status, held.delivered_at, held.acknowledged_at) == ("queued", None, None)
+    await socket.send("command_result", command_id=frame["command_id"], status="succeeded", result={"pong": True})
+    await _handled(socket)
+    stored = await _stored(command)
+    assert stored.status == "succeeded"
+    assert stored.delivered_at <= stored.acknowledged_at <= stored.finished_at
+    await asyncio.sleep(1.2)  # the hold ends: nothing is left to write, nothing moves back
+    assert await _stored(command) == stored and (await _stored(command)).status == "succeeded"
+    await socket.close()
+
+
+async def test_a_command_without_a_result_within_the_hold_is_stored_acknowledged(
+    acme, registration, device_socket, monkeypatch
+):
+    monkeypatch.setattr(consumers, "SENT_HOLD_SECONDS", 0.3)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_issue)(acme, registration)
+    frame = await socket.receive()
+    await socket.send("command_ack", command_id=frame["command_id"])
+    for _ in range(50):
+        stored = await _stored(command)
+        if stored.status != "queued":
+            break
+        await asyncio.sleep(0.1)
+    assert stored.status == "acknowledged"
+    assert stored.delivered_at is not None and stored.acknowledged_at >= stored.delivered_at
+    await socket.close()
+
+
+async def test_a_held_delivery_is_stored_when_the_connection_ends(acme, registration, device_socket, monkeypatch):
+    monkeypatch.setattr(consumers, "SENT_HOLD_SECONDS", 60)
+    socket = device_socket(registration.token)
+    await socket.connect()
+    await socket.hello()
+    command = await db(_issue)(acme, registration)
+    await socket.receive()
+    await socket.close()
+    for _ in range(50):
+        if (await _stored(command)).status == "delivered":
+            break
+        await asyncio.sleep(0.1)
+    assert (await _stored(command)).status == "delivered"
 
 
 def test_it_takes_only_queued_unexpired_commands_of_the_process_older_than_the_sweep(acme, registration):
