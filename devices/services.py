@@ -1150,7 +1150,9 @@ def command_advance(
     """Move a command forward (never backward) as the device reports; None if it is not this device's.
 
     `sent`: the command's frame went out with its push, and its delivery (and acknowledgement) were
-    not stored yet; they are stored with this status, in the same statement.
+    not stored yet; they are stored with this status, in the same statement. Without it, a command
+    with no delivery stored is dated delivered now: the device's report proves its frame arrived, and
+    the write of a delivery whose hold ended may still be on its way (or lost with its worker).
     """
     try:
         command_uuid = uuid.UUID(str(command_id))
@@ -1166,8 +1168,11 @@ def command_advance(
         updates["acknowledged_at"] = now
     if status in ("succeeded", "failed", "cancelled"):
         updates.update(finished_at=now, result=result, error=error[:500])
+    delivered_at_latest = now if sent is None else None
     if connection.vendor == "postgresql":
-        advanced = _command_advance_returning(device_pk, command_uuid, updates, _NEXT_STATUS[status])
+        advanced = _command_advance_returning(
+            device_pk, command_uuid, updates, _NEXT_STATUS[status], delivered_at_latest
+        )
         if advanced is not None:
             live.command_status(advanced)
             return advanced
@@ -1177,6 +1182,8 @@ def command_advance(
         command = Command.objects.get(device_id=device_pk, command_id=command_uuid)
     except Command.DoesNotExist:
         return None
+    if delivered_at_latest is not None:
+        updates.setdefault("delivered_at", command.delivered_at or delivered_at_latest)
     changed = Command.objects.filter(pk=command.pk, status__in=_NEXT_STATUS[status]).update(**updates)
     if changed:
         for key, value in updates.items():
@@ -1186,13 +1193,20 @@ def command_advance(
 
 
 def _command_advance_returning(
-    device_pk: int, command_uuid: uuid.UUID, updates: dict[str, Any], moves_from: set[Command.Status]
+    device_pk: int,
+    command_uuid: uuid.UUID,
+    updates: dict[str, Any],
+    moves_from: set[Command.Status],
+    delivered_at_latest: datetime | None,
 ) -> Command | None:
     """One UPDATE … RETURNING on PostgreSQL: every ack and result of every command passes here, and
     a read, then an update, was two round trips and two compiled queries on a command's way back."""
     fields = [field for name in updates if isinstance(field := Command._meta.get_field(name), Field)]
     assignments = ", ".join(f"{connection.ops.quote_name(str(field.column))} = %s" for field in fields)
     values = [field.get_db_prep_save(updates[field.name], connection) for field in fields]
+    if delivered_at_latest is not None:
+        assignments += ", delivered_at = COALESCE(delivered_at, %s)"
+        values.append(Command._meta.get_field("delivered_at").get_db_prep_save(delivered_at_latest, connection))
     sql = (
         f"UPDATE devices_command SET {assignments} "  # noqa: S608 - columns from the model, values bound
         "WHERE device_id = %s AND command_id = %s AND status = ANY(%s) RETURNING *"

@@ -156,6 +156,29 @@ def test_marking_sent_commands_moves_each_only_forward(acme, registration):
     assert services.commands_mark_delivered(sent=[services.SentCommand(pk=queued.pk, delivered_at=acked_at)]) == []
 
 
+def test_a_report_on_a_command_with_no_delivery_stored_dates_its_delivery(acme, registration):
+    # The hold ended and its delivery's write was still on its way (or was lost with its worker)
+    # when the device's report came: the report proves the frame arrived.
+    device_pk = registration.device.pk
+    undated, delivered = _queue_without_push(registration), _queue_without_push(registration)
+    delivered_at = timezone.now() - timedelta(seconds=5)
+    Command.objects.filter(pk=delivered.pk).update(status=Command.Status.DELIVERED, delivered_at=delivered_at)
+
+    for command in (undated, delivered):
+        services.command_advance(
+            device_pk=device_pk, command_id=str(command.command_id), status="succeeded", result={"pong": 1}
+        )
+
+    undated.refresh_from_db()
+    assert (undated.status, undated.delivered_at) == ("succeeded", undated.finished_at)
+    assert Command.objects.get(pk=delivered.pk).delivered_at == delivered_at
+    # The delivery's write arriving afterwards moves nothing back.
+    assert (
+        services.commands_mark_delivered(sent=[services.SentCommand(pk=undated.pk, delivered_at=timezone.now())]) == []
+    )
+    assert Command.objects.get(pk=undated.pk).status == "succeeded"
+
+
 async def _stored(command: Command) -> Command:
     return await db(Command.objects.get)(pk=command.pk)
 
