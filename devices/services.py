@@ -1011,7 +1011,7 @@ def commands_mark_delivered(*, sent: list[SentCommand]) -> list[Command]:
             )
         )
     else:
-        marked = []
+        moved = []
         with transaction.atomic():
             for one in sent:
                 status = Command.Status.ACKNOWLEDGED if one.acknowledged_at else Command.Status.DELIVERED
@@ -1020,7 +1020,8 @@ def commands_mark_delivered(*, sent: list[SentCommand]) -> list[Command]:
                 if one.acknowledged_at:
                     fields["acknowledged_at"] = one.acknowledged_at
                 if Command.objects.filter(pk=one.pk, status__in=moves_from).update(**fields):
-                    marked.append(Command.objects.get(pk=one.pk))
+                    moved.append(one.pk)
+            marked = list(Command.objects.filter(pk__in=moved))
     for command in marked:
         live.command_status(command)
     return marked
@@ -1183,7 +1184,7 @@ def command_advance(
     except Command.DoesNotExist:
         return None
     if delivered_at_latest is not None:
-        updates.setdefault("delivered_at", command.delivered_at or delivered_at_latest)
+        updates["delivered_at"] = command.delivered_at or delivered_at_latest
     changed = Command.objects.filter(pk=command.pk, status__in=_NEXT_STATUS[status]).update(**updates)
     if changed:
         for key, value in updates.items():

@@ -190,15 +190,30 @@ async def _handled(socket) -> None:
     assert (await socket.receive())["code"] == "unknown_command"
 
 
-async def test_an_acknowledgement_within_the_hold_is_stored_with_the_result_in_one_write(
-    acme, registration, device_socket, monkeypatch
-):
-    monkeypatch.setattr(consumers, "SENT_HOLD_SECONDS", 1.0)
+async def _sent_with_hold(acme, registration, device_socket, monkeypatch, hold: float):
+    """A connected device, and a command pushed to it while sent commands are held `hold` seconds."""
+    monkeypatch.setattr(consumers, "SENT_HOLD_SECONDS", hold)
     socket = device_socket(registration.token)
     await socket.connect()
     await socket.hello()
     command = await db(_issue)(acme, registration)
-    frame = await socket.receive()
+    return socket, command, await socket.receive()
+
+
+async def _stored_once_past(command: Command, status: str) -> Command:
+    """The command as stored, once it has left `status` (or after five seconds)."""
+    for _ in range(50):
+        stored = await _stored(command)
+        if stored.status != status:
+            break
+        await asyncio.sleep(0.1)
+    return stored
+
+
+async def test_an_acknowledgement_within_the_hold_is_stored_with_the_result_in_one_write(
+    acme, registration, device_socket, monkeypatch
+):
+    socket, command, frame = await _sent_with_hold(acme, registration, device_socket, monkeypatch, 1.0)
     await socket.send("command_ack", command_id=frame["command_id"])
     await _handled(socket)
     # Held: neither the delivery nor the acknowledgement has been written on its own.
@@ -217,36 +232,18 @@ async def test_an_acknowledgement_within_the_hold_is_stored_with_the_result_in_o
 async def test_a_command_without_a_result_within_the_hold_is_stored_acknowledged(
     acme, registration, device_socket, monkeypatch
 ):
-    monkeypatch.setattr(consumers, "SENT_HOLD_SECONDS", 0.3)
-    socket = device_socket(registration.token)
-    await socket.connect()
-    await socket.hello()
-    command = await db(_issue)(acme, registration)
-    frame = await socket.receive()
+    socket, command, frame = await _sent_with_hold(acme, registration, device_socket, monkeypatch, 0.3)
     await socket.send("command_ack", command_id=frame["command_id"])
-    for _ in range(50):
-        stored = await _stored(command)
-        if stored.status != "queued":
-            break
-        await asyncio.sleep(0.1)
+    stored = await _stored_once_past(command, "queued")
     assert stored.status == "acknowledged"
     assert stored.delivered_at is not None and stored.acknowledged_at >= stored.delivered_at
     await socket.close()
 
 
 async def test_a_held_delivery_is_stored_when_the_connection_ends(acme, registration, device_socket, monkeypatch):
-    monkeypatch.setattr(consumers, "SENT_HOLD_SECONDS", 60)
-    socket = device_socket(registration.token)
-    await socket.connect()
-    await socket.hello()
-    command = await db(_issue)(acme, registration)
-    await socket.receive()
+    socket, command, _frame = await _sent_with_hold(acme, registration, device_socket, monkeypatch, 60)
     await socket.close()
-    for _ in range(50):
-        if (await _stored(command)).status == "delivered":
-            break
-        await asyncio.sleep(0.1)
-    assert (await _stored(command)).status == "delivered"
+    assert (await _stored_once_past(command, "queued")).status == "delivered"
 
 
 def test_it_takes_only_queued_unexpired_commands_of_the_process_older_than_the_sweep(acme, registration):
