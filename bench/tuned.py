@@ -11,8 +11,12 @@ by default):
   pool) instead of Django's psycopg pool. Measured 1.0 ms per database call on a kept connection
   against a few ms through the pool; the product does not do it because under ASGI every HTTP
   request runs in a thread of its own, so a kept connection per thread leaks.
-- `gclog` (measurement only): log every garbage collection of generation 2 that took more than
-  100 ms to stderr, with the number of objects tracked, to tell GC pauses from other stalls.
+- `gclog` (measurement only): log to stderr every garbage collection of generation 2 that took
+  more than 20 ms, with the objects it still walks and the frozen ones, to tell GC pauses from
+  other stalls; and every 10 s the frozen count, to see whether frozen objects outlive their
+  connections.
+- `nofreeze` (only when named): the hub never freezes its settled connections (as before
+  2026-12-07), to measure DeviceHub._freeze_settled_connections against it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import gc
 import os
 from typing import Any
 
-ALL = ("persistent", "gclog")
+ALL = ("persistent", "gclog")  # "nofreeze" only when named
 
 
 def configure_database(tunes: set[str]) -> None:
@@ -47,24 +51,41 @@ def selected() -> set[str]:
 def apply(tunes: set[str] | None = None) -> set[str]:
     """Patch the loaded project (Django must be set up); return the patches applied."""
     tunes = selected() if tunes is None else tunes
+    if "nofreeze" in tunes:
+        from devices import consumers
+
+        consumers.FREEZE_AFTER_CONNECTIONS = 10**9
     if "gclog" in tunes:
         import sys
         import time
 
         started: list[float] = []
+        reported = [time.monotonic()]
 
         def on_gc(phase: str, info: dict[str, Any]) -> None:
             if info.get("generation") != 2:
+                if phase == "stop" and time.monotonic() - reported[0] > 10:
+                    reported[0] = time.monotonic()
+                    collections = [generation["collections"] for generation in gc.get_stats()]
+                    sys.stderr.write(
+                        f"{time.strftime('%H:%M:%S')} frozen {gc.get_freeze_count()}, collections {collections}\n"
+                    )
+                    sys.stderr.flush()
                 return
             if phase == "start":
                 started[:] = [time.perf_counter()]
             elif started:
                 took = time.perf_counter() - started[0]
-                if took > 0.1:
+                if took > 0.02:
                     sys.stderr.write(
-                        f"gen2 collection {took * 1000:.0f} ms, collected {info.get('collected')}, "
-                        f"tracked {len(gc.get_objects())}\n"
+                        f"{time.strftime('%H:%M:%S')} gen2 collection {took * 1000:.0f} ms, collected "
+                        f"{info.get('collected')}, tracked {len(gc.get_objects())}, frozen {gc.get_freeze_count()}\n"
                     )
+                    if os.environ.get("BENCH_GCLOG_TYPES"):
+                        import collections
+
+                        kinds = collections.Counter(type(item).__qualname__ for item in gc.get_objects())
+                        sys.stderr.write(f"  most walked: {kinds.most_common(12)}\n")
                     sys.stderr.flush()
 
         gc.callbacks.append(on_gc)

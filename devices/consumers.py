@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
+import gc
 import json
 import logging
 import time
@@ -58,6 +58,10 @@ def _heartbeat_interval() -> float:
 
 # How often each process looks for queued commands of its own live devices that no push reached.
 UNDELIVERED_SWEEP_SECONDS = 2.0
+# After how many new connections, looked for this often, a process freezes its long-lived objects
+# (DeviceHub._freeze_settled_connections).
+FREEZE_AFTER_CONNECTIONS = 256
+FREEZE_CHECK_SECONDS = 2.0
 # Goodbyes, or deliveries, written in one statement at most.
 WRITES_PER_STATEMENT = 2000
 # How long a command sent with its push waits for its result before its delivery (and its
@@ -121,7 +125,7 @@ class DeviceHub:
     def __init__(self, layer: Any, channel: str) -> None:
         self.layer, self.channel = layer, channel
         self.connections: dict[str, DeviceConnection] = {}
-        self._numbers = itertools.count(1)
+        self.opened = 0  # connections this process has opened (each one's number in its name)
         self._tasks: list[asyncio.Task[None]] = []
         # Handlers of layer messages in flight; kept so that they are not collected while they run.
         self._handling: set[asyncio.Task[None]] = set()
@@ -139,7 +143,8 @@ class DeviceHub:
         )
 
     def connection_name(self) -> str:
-        return f"{self.channel}{live.CONNECTION_SEPARATOR}{next(self._numbers)}"
+        self.opened += 1
+        return f"{self.channel}{live.CONNECTION_SEPARATOR}{self.opened}"
 
     def ensure_running(self) -> None:
         """Start the process's tasks, or start again the ones that ended."""
@@ -156,6 +161,7 @@ class DeviceHub:
                 self._wake_reader_when_cancelled(),
                 self._watch_heartbeats(),
                 self._sweep_undelivered(),
+                self._freeze_settled_connections(),
                 live.outbox.run(),
             )
         ]
@@ -220,6 +226,27 @@ class DeviceHub:
                 # Gone since: its commands are marked delivered, and go again when the device reconnects.
                 if connection is not None and connection.authenticated:
                     await connection.send_frames(frames)
+
+    async def _freeze_settled_connections(self) -> None:
+        """Keep the cycle collector's full collections short however many devices the process holds.
+
+        CPython 3.11 runs a full collection each time the objects that outlived two younger ones
+        have grown by a quarter, and it walks every tracked object of the process, about 100 a
+        connection: with 10,000 devices a worker stopped for 1.3-2.1 s each time, and a dozen
+        such collections ran while its fleet connected (bench/README.md). A live connection's
+        objects live as long as it does and are freed by reference counting when it closes
+        (tests/devices/test_device_socket.py), so after every few hundred new connections the hub
+        freezes what the process holds, as the start-up does (portal/asgi.py): later full
+        collections walk only what came after. A young collection first, so that no short-lived
+        cycle is frozen with them.
+        """
+        frozen_at = 0
+        while True:
+            await asyncio.sleep(FREEZE_CHECK_SECONDS)
+            if self.opened - frozen_at >= FREEZE_AFTER_CONNECTIONS:
+                gc.collect(1)
+                gc.freeze()
+                frozen_at = self.opened
 
 
 def _end_if_cancelled() -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
+import weakref
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from devices import services
+from devices import consumers, services
 from devices.ingest import buffer
 from devices.models import Command, Device, Job, JobLogLine, ProtectedItem, StorageVault
 from tenants.audit import Actor
@@ -454,3 +456,47 @@ def test_a_connection_stores_where_and_when_the_device_connected(registration):
     assert device.is_live and device.connection_channel == "specific.w!x#1" and device.connection_attempt == "run.1"
     assert device.public_ip == "203.0.113.5"
     assert abs((timezone.now() - device.last_seen_at).total_seconds()) < 30
+
+
+async def test_a_closed_connection_is_freed_by_reference_counting_alone(registration, device_socket):
+    """The hub freezes settled connections out of the cycle collector's reach (DeviceHub's
+    _freeze_settled_connections): that is only safe while a connection's objects hold no reference
+    cycle, which a frozen connection would keep alive after it closed."""
+    gc.collect()
+    gc.disable()
+    try:
+        socket = device_socket(registration.token)
+        assert (await socket.connect())[0]
+        await socket.hello()
+        await socket.send("heartbeat")
+        await socket.processed()
+        hub = await consumers._hub()
+        (connection,) = [c for c in hub.connections.values() if c.device_pk == registration.device.pk]
+        freed = weakref.ref(connection)
+        del connection
+        await socket.close()
+        for _ in range(100):
+            if freed() is None:
+                break
+            await asyncio.sleep(0.02)
+        assert freed() is None, [type(referrer).__name__ for referrer in gc.get_referrers(freed())]
+    finally:
+        gc.enable()
+
+
+async def test_the_hub_moves_settled_connections_out_of_the_cycle_collectors_reach(
+    registration, device_socket, monkeypatch
+):
+    monkeypatch.setattr(consumers, "FREEZE_AFTER_CONNECTIONS", 1)
+    monkeypatch.setattr(consumers, "FREEZE_CHECK_SECONDS", 0.02)
+    socket = device_socket(registration.token)
+    assert (await socket.connect())[0]
+    await socket.hello()
+    hub = await consumers._hub()
+    (connection,) = [c for c in hub.connections.values() if c.device_pk == registration.device.pk]
+    for _ in range(100):
+        if not any(tracked is connection for tracked in gc.get_objects()):
+            break
+        await asyncio.sleep(0.02)
+    assert not any(tracked is connection for tracked in gc.get_objects()), "still walked by every collection"
+    await socket.close()
