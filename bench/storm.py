@@ -41,6 +41,10 @@ import harness
 REDIS_WATCH_EXTRA_SECONDS = 15.0
 
 
+def _rss_mib(pids: list[int]) -> float:
+    return round(sum(common.proc_rss_kib(pid) for pid in pids) / 1024, 1)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10_000)
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--redis-down", type=float, default=5.0, help="seconds Redis stays down (mode redis)")
     parser.add_argument("--settle", type=float, default=65.0, help="seconds connected before the storm")
     parser.add_argument("--backlog", type=int, default=harness.DEFAULT_BACKLOG, help="each worker's accept queue")
+    parser.add_argument(
+        "--hold-after", type=float, default=0.0, help="seconds held after the fleet is back, before the memory reading"
+    )
     parser.add_argument("--storm-timeout", type=float, default=900.0, help="give up waiting after this")
     harness.common_args(parser, name="storm", base_port=8700)
     parser.set_defaults(shards=2)
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         common.log(f"storm: {args.devices} devices connected in {results['connect_seconds']} s; settling")
         time.sleep(args.settle)
         results["live_before"] = pg.live_devices()
+        results["server_rss_mib_before"] = _rss_mib(fleet.server_pids)
         results["redis_clients_before"] = own_redis.connected_clients() if own_redis else None
         # The workers' own: the bench process issues the storm's commands, and its connections are
         # no part of the portal's.
@@ -180,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["redis_clients_after"] = own_redis.connected_clients() if own_redis else None
         results["redis_clients_of_workers_after"] = own_redis.clients_of(fleet.server_pids) if own_redis else None
         results["live_after"] = pg.live_devices()
+        time.sleep(args.hold_after)
+        # The same workers before and after, unless they were restarted: what the storm left behind.
+        results["server_rss_mib_after"] = _rss_mib(fleet.server_pids)
         results["devices_per_worker_after"] = harness.workers_of_live_devices(pg)
     finally:
         fleet.stop()
@@ -203,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "server_cpu_percent",
                 "live_before",
                 "live_after",
+                "server_rss_mib_before",
+                "server_rss_mib_after",
                 "commands",
                 "redis_clients_before",
                 "redis_clients_after",

@@ -16,7 +16,7 @@ by default):
   other stalls; and every 10 s the frozen count, to see whether frozen objects outlive their
   connections.
 - `nofreeze` (only when named): the hub never freezes its settled connections (as before
-  2026-12-07), to measure DeviceHub._freeze_settled_connections against it.
+  2026-12-07), to measure DeviceHub._keep_full_collections_short against it.
 """
 
 from __future__ import annotations

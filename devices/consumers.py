@@ -58,8 +58,8 @@ def _heartbeat_interval() -> float:
 
 # How often each process looks for queued commands of its own live devices that no push reached.
 UNDELIVERED_SWEEP_SECONDS = 2.0
-# After how many new connections, looked for this often, a process freezes its long-lived objects
-# (DeviceHub._freeze_settled_connections).
+# After how many new connections (or ended frozen ones), looked for this often, a process freezes
+# its long-lived objects again (DeviceHub._keep_full_collections_short).
 FREEZE_AFTER_CONNECTIONS = 256
 FREEZE_CHECK_SECONDS = 2.0
 # Goodbyes, or deliveries, written in one statement at most.
@@ -126,6 +126,10 @@ class DeviceHub:
         self.layer, self.channel = layer, channel
         self.connections: dict[str, DeviceConnection] = {}
         self.opened = 0  # connections this process has opened (each one's number in its name)
+        # Connections numbered up to frozen_through were frozen out of the cycle collector's reach;
+        # frozen_ended counts those that have ended since (see _keep_full_collections_short).
+        self.frozen_through = 0
+        self.frozen_ended = 0
         self._tasks: list[asyncio.Task[None]] = []
         # Handlers of layer messages in flight; kept so that they are not collected while they run.
         self._handling: set[asyncio.Task[None]] = set()
@@ -146,6 +150,11 @@ class DeviceHub:
         self.opened += 1
         return f"{self.channel}{live.CONNECTION_SEPARATOR}{self.opened}"
 
+    def connection_ended(self, name: str) -> None:
+        self.connections.pop(name, None)
+        if int(name.rsplit(live.CONNECTION_SEPARATOR, 1)[1]) <= self.frozen_through:
+            self.frozen_ended += 1
+
     def ensure_running(self) -> None:
         """Start the process's tasks, or start again the ones that ended."""
         if self._tasks and not any(task.done() for task in self._tasks):
@@ -161,7 +170,7 @@ class DeviceHub:
                 self._wake_reader_when_cancelled(),
                 self._watch_heartbeats(),
                 self._sweep_undelivered(),
-                self._freeze_settled_connections(),
+                self._keep_full_collections_short(),
                 live.outbox.run(),
             )
         ]
@@ -227,26 +236,33 @@ class DeviceHub:
                 if connection is not None and connection.authenticated:
                     await connection.send_frames(frames)
 
-    async def _freeze_settled_connections(self) -> None:
+    async def _keep_full_collections_short(self) -> None:
         """Keep the cycle collector's full collections short however many devices the process holds.
 
         CPython 3.11 runs a full collection each time the objects that outlived two younger ones
         have grown by a quarter, and it walks every tracked object of the process, about 100 a
         connection: with 10,000 devices a worker stopped for 1.3-2.1 s each time, and a dozen
-        such collections ran while its fleet connected (bench/README.md). A live connection's
-        objects live as long as it does and are freed by reference counting when it closes
-        (tests/devices/test_device_socket.py), so after every few hundred new connections the hub
-        freezes what the process holds, as the start-up does (portal/asgi.py): later full
-        collections walk only what came after. A young collection first, so that no short-lived
-        cycle is frozen with them.
+        such collections ran while its fleet connected (bench/README.md). So after every few
+        hundred new connections the hub freezes what the process holds, as the start-up does
+        (portal/asgi.py), after a young collection: later full collections walk only what came
+        after. A connection that closes cleanly is freed by reference counting alone
+        (tests/devices/test_device_socket.py), but a dropped one leaves reference cycles (its
+        error and frames: about 110,000 objects a worker after 5,000 devices dropped at once),
+        and frozen, they would never be collected. Once a few hundred frozen connections have
+        ended, the hub unfreezes everything and runs one full collection, the one pause a mass
+        disconnect costs anyway, before it freezes again.
         """
-        frozen_at = 0
         while True:
             await asyncio.sleep(FREEZE_CHECK_SECONDS)
-            if self.opened - frozen_at >= FREEZE_AFTER_CONNECTIONS:
+            if self.frozen_ended >= FREEZE_AFTER_CONNECTIONS:
+                gc.unfreeze()
+                gc.collect()
+            elif self.opened - self.frozen_through >= FREEZE_AFTER_CONNECTIONS:
                 gc.collect(1)
-                gc.freeze()
-                frozen_at = self.opened
+            else:
+                continue
+            gc.freeze()
+            self.frozen_through, self.frozen_ended = self.opened, 0
 
 
 def _end_if_cancelled() -> None:
@@ -447,7 +463,7 @@ class DeviceConnection:
         hub = self.hub
         if hub is None:
             return
-        hub.connections.pop(self.name, None)
+        hub.connection_ended(self.name)
         for command_id in list(self.sent):
             self._store_sent(command_id)
         if self.authenticated:

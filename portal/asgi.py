@@ -47,7 +47,7 @@ sys.setswitchinterval(0.001)
 # Everything loaded so far (Django, the apps, their modules) lives as long as the process: moved
 # out of the collector's generations, full collections no longer walk it. Near 20,000 connections
 # full collections had paused the server for about 2 s every 20-30 s. The device hub freezes its
-# settled connections the same way (devices.consumers.DeviceHub._freeze_settled_connections); with
+# settled connections the same way (devices.consumers.DeviceHub._keep_full_collections_short); with
 # most long-lived objects frozen, CPython's guard against frequent full collections (a quarter more
 # survivors than the last one left) lets one run every few gen-1 collections, each walking every
 # connection's current read and ping timer (0.3-0.4 s at 10,000 devices a worker). Ten times fewer

@@ -459,9 +459,9 @@ def test_a_connection_stores_where_and_when_the_device_connected(registration):
 
 
 async def test_a_closed_connection_is_freed_by_reference_counting_alone(registration, device_socket):
-    """The hub freezes settled connections out of the cycle collector's reach (DeviceHub's
-    _freeze_settled_connections): that is only safe while a connection's objects hold no reference
-    cycle, which a frozen connection would keep alive after it closed."""
+    """A clean close leaves nothing for the cycle collector, whose full collections walk every
+    tracked object: a reference cycle here would make every close of a frozen connection a cycle
+    that only an unfreeze and a full collection reclaim (DeviceHub._keep_full_collections_short)."""
     gc.collect()
     gc.disable()
     try:
@@ -500,3 +500,28 @@ async def test_the_hub_moves_settled_connections_out_of_the_cycle_collectors_rea
         await asyncio.sleep(0.02)
     assert not any(tracked is connection for tracked in gc.get_objects()), "still walked by every collection"
     await socket.close()
+
+
+async def test_cycles_left_by_frozen_connections_are_collected_once_they_end(registration, device_socket, monkeypatch):
+    """A dropped connection leaves reference cycles (its error and frames); frozen, they would
+    never be collected: once enough frozen connections end, the hub unfreezes and collects."""
+    monkeypatch.setattr(consumers, "FREEZE_AFTER_CONNECTIONS", 1)
+    monkeypatch.setattr(consumers, "FREEZE_CHECK_SECONDS", 0.02)
+    socket = device_socket(registration.token)
+    assert (await socket.connect())[0]
+    await socket.hello()
+    hub = await consumers._hub()
+    (connection,) = [c for c in hub.connections.values() if c.device_pk == registration.device.pk]
+    for _ in range(100):
+        if not any(tracked is connection for tracked in gc.get_objects()):
+            break
+        await asyncio.sleep(0.02)
+    connection.left_behind = [connection]  # the cycle a drop leaves, as it were
+    freed = weakref.ref(connection)
+    del connection
+    await socket.close()
+    for _ in range(200):
+        if freed() is None:
+            break
+        await asyncio.sleep(0.02)
+    assert freed() is None
