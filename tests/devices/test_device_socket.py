@@ -484,9 +484,8 @@ async def test_a_closed_connection_is_freed_by_reference_counting_alone(registra
         gc.enable()
 
 
-async def test_the_hub_moves_settled_connections_out_of_the_cycle_collectors_reach(
-    registration, device_socket, monkeypatch
-):
+async def _connection_once_frozen(registration, device_socket, monkeypatch):
+    """A live device's connection, once the hub has frozen it (after every new connection here)."""
     monkeypatch.setattr(consumers, "FREEZE_AFTER_CONNECTIONS", 1)
     monkeypatch.setattr(consumers, "FREEZE_CHECK_SECONDS", 0.02)
     socket = device_socket(registration.token)
@@ -498,6 +497,13 @@ async def test_the_hub_moves_settled_connections_out_of_the_cycle_collectors_rea
         if not any(tracked is connection for tracked in gc.get_objects()):
             break
         await asyncio.sleep(0.02)
+    return socket, connection
+
+
+async def test_the_hub_moves_settled_connections_out_of_the_cycle_collectors_reach(
+    registration, device_socket, monkeypatch
+):
+    socket, connection = await _connection_once_frozen(registration, device_socket, monkeypatch)
     assert not any(tracked is connection for tracked in gc.get_objects()), "still walked by every collection"
     await socket.close()
 
@@ -505,17 +511,7 @@ async def test_the_hub_moves_settled_connections_out_of_the_cycle_collectors_rea
 async def test_cycles_left_by_frozen_connections_are_collected_once_they_end(registration, device_socket, monkeypatch):
     """A dropped connection leaves reference cycles (its error and frames); frozen, they would
     never be collected: once enough frozen connections end, the hub unfreezes and collects."""
-    monkeypatch.setattr(consumers, "FREEZE_AFTER_CONNECTIONS", 1)
-    monkeypatch.setattr(consumers, "FREEZE_CHECK_SECONDS", 0.02)
-    socket = device_socket(registration.token)
-    assert (await socket.connect())[0]
-    await socket.hello()
-    hub = await consumers._hub()
-    (connection,) = [c for c in hub.connections.values() if c.device_pk == registration.device.pk]
-    for _ in range(100):
-        if not any(tracked is connection for tracked in gc.get_objects()):
-            break
-        await asyncio.sleep(0.02)
+    socket, connection = await _connection_once_frozen(registration, device_socket, monkeypatch)
     connection.left_behind = [connection]  # the cycle a drop leaves, as it were
     freed = weakref.ref(connection)
     del connection
