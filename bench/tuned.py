@@ -15,8 +15,9 @@ by default):
   more than 20 ms, with the objects it still walks and the frozen ones, to tell GC pauses from
   other stalls; and every 10 s the frozen count, to see whether frozen objects outlive their
   connections.
-- `nofreeze` (only when named): the hub never freezes its settled connections (as before
-  2026-12-07), to measure DeviceHub._keep_full_collections_short against it.
+- `nofreeze` (only when named): the hub never freezes its settled connections, to measure
+  DeviceHub._keep_full_collections_short against it (the collector's thresholds stay as
+  portal/asgi.py sets them).
 """
 
 from __future__ import annotations
@@ -81,11 +82,6 @@ def apply(tunes: set[str] | None = None) -> set[str]:
                         f"{time.strftime('%H:%M:%S')} gen2 collection {took * 1000:.0f} ms, collected "
                         f"{info.get('collected')}, tracked {len(gc.get_objects())}, frozen {gc.get_freeze_count()}\n"
                     )
-                    if os.environ.get("BENCH_GCLOG_TYPES"):
-                        import collections
-
-                        kinds = collections.Counter(type(item).__qualname__ for item in gc.get_objects())
-                        sys.stderr.write(f"  most walked: {kinds.most_common(12)}\n")
                     sys.stderr.flush()
 
         gc.callbacks.append(on_gc)
