@@ -157,12 +157,12 @@ class DeviceHub:
 
     def ensure_running(self) -> None:
         """Start the process's tasks, or start again the ones that ended."""
+        live.outbox.ensure_running()
         if self._tasks and not any(task.done() for task in self._tasks):
             return
         for task in self._tasks:
             task.cancel()
         loop = asyncio.get_running_loop()
-        live.outbox.bind(loop)
         self._tasks = [
             loop.create_task(coroutine)
             for coroutine in (
@@ -171,7 +171,6 @@ class DeviceHub:
                 self._watch_heartbeats(),
                 self._sweep_undelivered(),
                 self._keep_full_collections_short(),
-                live.outbox.run(),
             )
         ]
 

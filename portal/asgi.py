@@ -1,21 +1,23 @@
-"""ASGI entry point: HTTP goes to Django, websockets to the Channels routes of each app."""
+"""ASGI entry point: HTTP goes to Django (portal/http.py), websockets to the Channels routes of each app."""
 
 import gc
 import os
 import sys
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # Django must be set up before the consumers (and the models they import) are loaded.
-django_asgi_application = get_asgi_application()
+django.setup(set_prefix=False)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
+from portal.http import HttpApplication  # noqa: E402
 from portal.websocket_urls import (  # noqa: E402
     DEVICE_PREFIX,
     browser_websocket_urlpatterns,
@@ -32,7 +34,9 @@ async def websocket_application(scope: dict[str, Any], receive: Any, send: Any) 
     return await browser_websockets(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": django_asgi_application, "websocket": websocket_application})
+application = ProtocolTypeRouter(
+    {"http": HttpApplication(threads=settings.HTTP_THREADS), "websocket": websocket_application}
+)
 
 # The URL configuration imports every view module (DRF, the schema generator, the admin): loaded
 # now, instead of by each worker's first request (which took over 100 ms longer than the next).

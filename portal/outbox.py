@@ -9,8 +9,9 @@ Redis connection for all it sends: a send from each thread of the pool had opene
 each, and redis-py's pools keep their peak.
 
 put() returns False where no outbox runs (Celery, a management command, a test without a device
-socket): the caller sends at once, as before. The outbox runs in every process that holds device
-sockets (devices.consumers starts it with them).
+socket or an HTTP request served by the ASGI application): the caller sends at once, as before.
+The outbox runs in every server process: the first device socket or HTTP request starts it
+(ensure_running).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Outbox:
         self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
         self.on_bind: list[Callable[[asyncio.AbstractEventLoop], None]] = []
 
     def register(self, kind: str, send: Callable[[Batch], Awaitable[None]], *, rank: int) -> None:
@@ -65,6 +67,14 @@ class Outbox:
             self._pending.append((kind, target, message))
         loop.call_soon_threadsafe(wake.set)
         return True
+
+    def ensure_running(self) -> None:
+        """Run the outbox on the running loop, unless it already runs there."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            return
+        self.bind(loop)
+        self._task = loop.create_task(self.run())
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take sends for `loop` from now on, before run() has started on it: a handshake served in

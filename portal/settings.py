@@ -103,6 +103,9 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"
+# Threads that serve HTTP requests in each server process (portal/asgi.py): requests beyond them
+# wait for a free one. Keep it below DATABASE_POOL_SIZE, which device sockets share.
+HTTP_THREADS = env_int("HTTP_THREADS", 8)
 
 TEMPLATES = [
     {
@@ -125,9 +128,9 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
-    # No persistent connections (under ASGI every request runs in a thread of its own, and a
-    # persistent connection per thread leaks), but Django's psycopg pool: "closing" a connection
-    # hands it back. A fresh PostgreSQL connection cost 17.7 ms per database call of a consumer,
+    # No persistent connections (one per thread, and a process has the HTTP threads and the
+    # loop's pool for device sockets), but Django's psycopg pool: "closing" a connection hands it
+    # back. A fresh PostgreSQL connection cost 17.7 ms per database call of a consumer,
     # a pooled one a few (bench/README.md).
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_int("DATABASE_POOL_SIZE", 10):
