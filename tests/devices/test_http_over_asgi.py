@@ -4,6 +4,8 @@ fixed pool of threads, with the process's outbox started on the server's event l
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import threading
 
@@ -12,6 +14,7 @@ from asgiref.testing import ApplicationCommunicator
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.signals import request_started
+from django.test import Client
 
 from devices.models import Command
 from portal import http as http_module
@@ -19,6 +22,7 @@ from portal.asgi import application
 from portal.outbox import GROUPS, outbox
 from tenants import services as tenant_services
 from tenants.audit import SYSTEM, audit_group_name
+from tenants.models import AuditEvent
 
 from .conftest import db
 
@@ -147,3 +151,21 @@ async def test_a_body_past_the_read_ahead_is_read_by_the_requests_thread(acme, r
     # Parsed whole (a cut body is a parse error): the view read it, and refused the unknown parameter.
     assert status == 400
     assert json.loads(answer)["error"]["fields"] == {"parameters": {"note": "No command takes this parameter."}}
+
+
+async def test_a_streaming_answer_arrives_whole(acme, registration):
+    def owner_session() -> str:
+        client = Client()
+        client.force_login(acme.owner)
+        return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    session = await db(owner_session)()
+    events = await db(AuditEvent.objects.filter(tenant=acme.tenant).count)()
+
+    status, body = await http(
+        "GET", "/t/acme/audit/export.csv", headers=[(b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode())]
+    )
+
+    assert status == 200
+    rows = list(csv.reader(io.StringIO(body.decode())))
+    assert len(rows) == 1 + events and events > 0  # a header, then every event of the tenant
