@@ -1,10 +1,10 @@
 """Django's Redis cache with one connection pool per process.
 
 Django keeps a cache object per thread and per asyncio context, and each `RedisCache` builds its
-own `RedisCacheClient` with pools of its own (Django ticket #35651, open). Under ASGI every request
-runs in a context of its own, so every request opened, and dropped, a Redis connection: the
-throttle's one read cost a TCP handshake and redis-py's driver metadata, a sixth of an API
-request's CPU (bench/README.md, "What the benchmarks found"). Here the client, and with it its
+own `RedisCacheClient` with pools of its own (Django ticket #35651, open). Under Django's ASGI
+handler every request ran in a context of its own, so every request opened, and dropped, a Redis
+connection: the throttle's one read cost a TCP handshake and redis-py's driver metadata, a sixth of
+an API request's CPU (bench/README.md, "What the benchmarks found"). Here the client, and with it its
 pools, is shared by every cache object of the same settings in the process; redis-py's pools are
 thread-safe and start anew in a forked child.
 """
