@@ -3,7 +3,7 @@
 Pages and the API are synchronous Django (middleware, views, the ORM). Django's ASGI handler
 started a thread for every request (and another to join it), and moved the request between the
 event loop and a thread again at every middleware that is not async-only: a view behind our
-middleware cost 1.2-1.8 ms of CPU there, against 0.4-0.6 ms here (bench/README.md). Here a
+middleware cost 1.2-1.8 ms of CPU there, against 0.2-0.8 ms here (bench/README.md). Here a
 request goes to a thread once, with its body, and comes back once with its whole answer; the
 thread stays in the pool for the next request.
 

@@ -103,7 +103,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"
-# Threads that serve HTTP requests in each server process (portal/asgi.py): requests beyond them
+# Threads that serve HTTP requests in each server process (portal/http.py): requests beyond them
 # wait for a free one. Keep it below DATABASE_POOL_SIZE, which device sockets share.
 HTTP_THREADS = env_int("HTTP_THREADS", 8)
 

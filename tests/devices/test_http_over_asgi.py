@@ -61,6 +61,13 @@ async def http(method: str, path: str, *, body_parts: tuple[bytes, ...] = (b"",)
     return start["status"], body
 
 
+@pytest.fixture
+def api_key_header(acme) -> bytes:
+    """The Authorization header's value for an API key of acme's owner."""
+    raw_key = tenant_services.api_key_create(actor=SYSTEM, tenant=acme.tenant, user=acme.owner, name="asgi").raw_key
+    return f"Bearer {raw_key}".encode()
+
+
 async def test_requests_are_served_by_a_fixed_pool_of_threads():
     served_by: list[threading.Thread] = []
 
@@ -81,10 +88,9 @@ async def test_requests_are_served_by_a_fixed_pool_of_threads():
     assert threading.main_thread() not in served_by
 
 
-async def test_a_command_posted_in_parts_is_stored_and_its_audit_event_pushed_through_the_outbox(acme, registration):
-    raw_key = (
-        await db(tenant_services.api_key_create)(actor=SYSTEM, tenant=acme.tenant, user=acme.owner, name="asgi")
-    ).raw_key
+async def test_a_command_posted_in_parts_is_stored_and_its_audit_event_pushed_through_the_outbox(
+    acme, registration, api_key_header
+):
     layer = get_channel_layer()
     audit_stream = await layer.new_channel()
     await layer.group_add(audit_group_name(acme.tenant.pk), audit_stream)
@@ -95,7 +101,7 @@ async def test_a_command_posted_in_parts_is_stored_and_its_audit_event_pushed_th
         f"/api/v1/t/acme/devices/{registration.device.pk}/commands/",
         body_parts=(body[:5], body[5:]),
         headers=[
-            (b"authorization", f"Bearer {raw_key}".encode()),
+            (b"authorization", api_key_header),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ],
@@ -113,11 +119,10 @@ async def test_a_command_posted_in_parts_is_stored_and_its_audit_event_pushed_th
     assert await layer.receive(audit_stream) == note
 
 
-async def test_a_body_without_a_length_is_read_whole_and_one_past_the_limit_refused(acme, registration, monkeypatch):
-    raw_key = (
-        await db(tenant_services.api_key_create)(actor=SYSTEM, tenant=acme.tenant, user=acme.owner, name="asgi")
-    ).raw_key
-    headers = [(b"authorization", f"Bearer {raw_key}".encode()), (b"content-type", b"application/json")]
+async def test_a_body_without_a_length_is_read_whole_and_one_past_the_limit_refused(
+    acme, registration, api_key_header, monkeypatch
+):
+    headers = [(b"authorization", api_key_header), (b"content-type", b"application/json")]
     path = f"/api/v1/t/acme/devices/{registration.device.pk}/commands/"
     body = json.dumps({"kind": "ping"}).encode()
 
@@ -131,14 +136,11 @@ async def test_a_body_without_a_length_is_read_whole_and_one_past_the_limit_refu
     assert await db(Command.objects.count)() == 1
 
 
-async def test_a_body_past_the_read_ahead_is_read_by_the_requests_thread(acme, registration):
-    raw_key = (
-        await db(tenant_services.api_key_create)(actor=SYSTEM, tenant=acme.tenant, user=acme.owner, name="asgi")
-    ).raw_key
+async def test_a_body_past_the_read_ahead_is_read_by_the_requests_thread(acme, registration, api_key_header):
     padding = "x" * (http_module.READ_AHEAD_BYTES + 10)
     body = json.dumps({"kind": "ping", "parameters": {"note": padding}}).encode()
     headers = [
-        (b"authorization", f"Bearer {raw_key}".encode()),
+        (b"authorization", api_key_header),
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
